@@ -3,11 +3,16 @@
 Each tests/<model> directory runs in its tool's environment (`make test` does that). When
 pytest is run by hand in another interpreter, directories whose tool packages are missing are
 left out *visibly* (listed in the summary), never silently.
+
+`python -m pytest tests` from an interpreter without the project's packages (numpy, onnx,
+onnxruntime) hands the same command over to the ``base`` environment instead of failing
+on imports: the tests then run exactly where `make test` runs them.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +23,32 @@ if str(REPO) not in sys.path:
 #: the package that proves a tool's environment is the running one
 TOOL_MARKER_PACKAGE = {"efficientdet": "effdet", "fcos": "mmdet"}
 _left_out: list[str] = []
+#: what the base environment provides; missing any of them means "not a project interpreter"
+BASE_PACKAGES = ("numpy", "onnx", "onnxruntime")  # torch-free suites (py3.12) have these too
+DELEGATED = "ASCEND_VISION_PYTEST_DELEGATED"
+
+
+def pytest_configure(config):
+    missing = [p for p in BASE_PACKAGES if importlib.util.find_spec(p) is None]
+    if not missing:
+        return
+    if os.environ.get(DELEGATED):
+        raise SystemExit(f"error: the base environment lacks {', '.join(missing)}; "
+                         "rebuild it with `python3 -m common.envs ensure base`")
+    from common import envs  # stdlib only, so importable from any interpreter
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.stop_global_capturing()  # give the real stdout/stderr back before exec
+    print(f"NOTE: this interpreter lacks {', '.join(missing)}; running the same pytest command in "
+          "the base environment (built once from tools/requirements-base.txt)", file=sys.stderr, flush=True)
+    try:
+        python = str(envs.ensure("base") / "bin" / "python")
+    except envs.EnvError as err:
+        raise SystemExit(f"error: {err}") from None
+    os.chdir(config.invocation_params.dir)
+    os.environ[DELEGATED] = "1"
+    os.execv(python, [python, "-m", "pytest", *config.invocation_params.args])
 
 
 def pytest_ignore_collect(collection_path, config):
