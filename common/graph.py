@@ -187,22 +187,18 @@ def _prune(graph: onnx.GraphProto) -> None:
             needed.update(i for i in node.input if i)
             needed.update(_names_used_inside(node))
     live.reverse()
-    if len(live) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(live)
-    inits = [t for t in graph.initializer if t.name in needed]
-    if len(inits) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(inits)
+    _keep_only(graph.node, live)
+    _keep_only(graph.initializer, [t for t in graph.initializer if t.name in needed])
     # real inputs stay (the interface must not change); initializers listed as inputs go with them
-    inputs = [i for i in graph.input if i.name not in init_names or i.name in needed]
-    if len(inputs) != len(graph.input):
-        del graph.input[:]
-        graph.input.extend(inputs)
-    infos = [v for v in graph.value_info if v.name in needed]
-    if len(infos) != len(graph.value_info):
-        del graph.value_info[:]
-        graph.value_info.extend(infos)
+    _keep_only(graph.input, [i for i in graph.input if i.name not in init_names or i.name in needed])
+    _keep_only(graph.value_info, [v for v in graph.value_info if v.name in needed])
+
+
+def _keep_only(field, kept: list) -> None:
+    """Make a repeated protobuf field hold exactly ``kept`` (a subsequence of it)."""
+    if len(kept) != len(field):
+        del field[:]
+        field.extend(kept)
 
 
 # --------------------------------------------------------------------------- simplify

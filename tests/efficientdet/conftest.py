@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from effdet import get_efficientdet_config
+from effdet.anchors import Anchors
+from effdet.bench import _batch_detection, _post_process
 from effdet.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, transforms_coco_eval
 from PIL import Image
 
@@ -45,6 +48,26 @@ def _upstream_tensor(path):
 def upstream_tensor():
     """effdet's own preprocessing of an image file: (CHW float32 tensor, img_scale)."""
     return _upstream_tensor
+
+
+def _upstream_detections(outputs, img_scale, img_size):
+    """effdet's DetBenchPredict.forward after the network: (100, 6) x1 y1 x2 y2 score class+1."""
+    cfg = get_efficientdet_config(tool.ARCH)
+    cls = [torch.from_numpy(o[None]) for o in outputs[:5]]
+    box = [torch.from_numpy(o[None]) for o in outputs[5:]]
+    c, b, idx, classes = _post_process(cls, box, num_levels=cfg.num_levels, num_classes=cfg.num_classes,
+                                       max_detection_points=cfg.max_detection_points)
+    det = _batch_detection(1, c, b, Anchors.from_config(cfg).boxes, idx, classes,
+                           torch.tensor([img_scale], dtype=torch.float32),
+                           torch.tensor([list(img_size)], dtype=torch.int32),
+                           max_det_per_image=cfg.max_det_per_image, soft_nms=False)
+    return det[0].numpy()
+
+
+@pytest.fixture(scope="session")
+def upstream_detections():
+    """effdet's own detection generation on raw outputs (list of 10 CHW maps)."""
+    return _upstream_detections
 
 
 def _assert_same_detections(got, ref, box_atol=1e-3, score_rtol=1e-6):

@@ -7,10 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from effdet import get_efficientdet_config
-from effdet.anchors import Anchors
-from effdet.bench import _batch_detection, _post_process
 
 from common import pipeline
 from common.demococo import make_mini_coco
@@ -27,21 +23,8 @@ def coco(tmp_path_factory):
     return make_mini_coco(tmp_path_factory.mktemp("e2e") / "coco", n_images=3, seed=2)
 
 
-def _upstream_rows(raw, img_scale, orig_size):
-    """effdet's DetBenchPredict post-processing + CocoEvaluator cut on the same raw outputs."""
-    cfg = get_efficientdet_config(tool.ARCH)
-    cls = [torch.from_numpy(o[None]) for o in raw[:5]]
-    box = [torch.from_numpy(o[None]) for o in raw[5:]]
-    c, b, idx, classes = _post_process(cls, box, num_levels=cfg.num_levels, num_classes=cfg.num_classes,
-                                       max_detection_points=cfg.max_detection_points)
-    det = _batch_detection(1, c, b, Anchors.from_config(cfg).boxes, idx, classes,
-                           torch.tensor([img_scale], dtype=torch.float32),
-                           torch.tensor([list(orig_size)], dtype=torch.int32),
-                           max_det_per_image=cfg.max_det_per_image, soft_nms=False)[0].numpy()
-    return det[(det[:, 4] >= 0.001) & np.isin(det[:, 5], COCO80_CATEGORY_IDS)]
-
-
-def test_onnxruntime_run_evaluates_and_matches_upstream(exported_bs1, upstream_tensor, assert_same_detections,
+def test_onnxruntime_run_evaluates_and_matches_upstream(exported_bs1, upstream_tensor, upstream_detections,
+                                                       assert_same_detections,
                                                        coco, tmp_path):
     onnx_path, _ = exported_bs1
     prep = tmp_path / "prep"
@@ -67,7 +50,8 @@ def test_onnxruntime_run_evaluates_and_matches_upstream(exported_bs1, upstream_t
         raw = results[entry.stem]
         np.testing.assert_allclose(raw[0], run_onnx(onnx_path, {"input": ref_tensor[None]})["class_p3"][0],
                                    atol=1e-5, rtol=1e-5)
-        ref = _upstream_rows(raw, img_scale, entry.orig_size)
+        ref = upstream_detections(raw, img_scale, entry.orig_size)
+        ref = ref[(ref[:, 4] >= 0.001) & np.isin(ref[:, 5], COCO80_CATEGORY_IDS)]  # effdet's CocoEvaluator cut
         ours = by_image[entry.image_id]
         got = np.array([[*d["bbox"][:2], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3], d["score"],
                          d["category_id"]] for d in ours])

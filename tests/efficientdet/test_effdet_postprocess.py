@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from effdet import get_efficientdet_config
 from effdet.anchors import Anchors
-from effdet.bench import _batch_detection, _post_process
 
 from common.errors import ToolError
 from common.metrics import COCO80_CATEGORY_IDS
@@ -41,19 +39,6 @@ def clustered_outputs(seed, objects=25):
     return cls + box
 
 
-def upstream_detections(outputs, img_scale, img_size):
-    """effdet's DetBenchPredict.forward after the network: (100, 6) x1 y1 x2 y2 score class+1."""
-    cls = [torch.from_numpy(o[None]) for o in outputs[:5]]
-    box = [torch.from_numpy(o[None]) for o in outputs[5:]]
-    c, b, idx, classes = _post_process(cls, box, num_levels=CFG.num_levels, num_classes=CFG.num_classes,
-                                       max_detection_points=CFG.max_detection_points)
-    det = _batch_detection(1, c, b, Anchors.from_config(CFG).boxes, idx, classes,
-                           torch.tensor([img_scale], dtype=torch.float32),
-                           torch.tensor([list(img_size)], dtype=torch.int32),
-                           max_det_per_image=CFG.max_det_per_image, soft_nms=False)
-    return det[0].numpy()
-
-
 def test_anchors_equal_effdet_anchors():
     np.testing.assert_array_equal(tool.anchor_boxes(), Anchors.from_config(CFG).boxes.numpy())
 
@@ -61,7 +46,8 @@ def test_anchors_equal_effdet_anchors():
 @pytest.mark.parametrize("make,seed,size", [(noise_outputs, 1, (640, 427)),
                                             (clustered_outputs, 2, (500, 375)),
                                             (clustered_outputs, 3, (1000, 333))])
-def test_detect_equals_upstream_generate_detections(assert_same_detections, make, seed, size):
+def test_detect_equals_upstream_generate_detections(assert_same_detections, upstream_detections, make, seed,
+                                                    size):
     outputs = make(seed)
     img_scale = 1.0 / min(512 / size[1], 512 / size[0])
     ref = upstream_detections(outputs, img_scale, size)
@@ -89,7 +75,7 @@ def entry(size=(640, 427), image_id=42):
                          pad=(0, 0, 0, 0), image_id=image_id)
 
 
-def test_postprocess_gives_coco_results_like_the_upstream_evaluator():
+def test_postprocess_gives_coco_results_like_the_upstream_evaluator(upstream_detections):
     outputs = clustered_outputs(4, objects=60)
     e = entry()
     ref = upstream_detections(outputs, 1.0 / e.scale, e.orig_size)
