@@ -7,6 +7,10 @@ The pins are the single source of truth for both runners:
   (mmcv-full), installed in a second step with ``--no-build-isolation``; ``# env: K=V`` lines
   in it set the build's environment variables.
 The first line ``# python: X.Y`` of a requirements file names the interpreter.
+- ``<requirements file>.lock`` (e.g. ``tools/fcos/requirements.lock``) — every package of the
+  built environment, exact versions (``pip freeze``), used as pip constraints (``-c``) by both
+  install steps, so transitive dependencies are as fixed as the top-level pins. Regenerate it
+  after changing pins: ``python3 -m common.envs lock <name>``.
 
 venv runner: ``<cache>/venvs/<name>-<hash>``, keyed by a hash of all pin files, so clones and
 CI runs on one machine share it and a change of pins builds a new one. Docker runner: the
@@ -14,6 +18,8 @@ Dockerfile calls ``python -m common.envs install <name>`` — the same install s
 
     python3 -m common.envs ensure efficientdet   # build if needed, print the interpreter path
     python3 -m common.envs path efficientdet     # print the venv directory (no build)
+    python3 -m common.envs lock efficientdet     # write tools/efficientdet/requirements.lock
+    python3 -m common.envs prune                 # delete cached venvs built from older pins
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ BUILDER_VERSION = "1"  # bump when the install steps below change
 BOOTSTRAP = ["pip<24.1", "setuptools<70", "wheel"]  # setuptools<70 keeps pkg_resources for mmcv-full
 
 
+#: installer packages that ``pip freeze`` leaves out, so a lock never lists them
+UNFROZEN = {"pip", "setuptools", "wheel", "distribute"}
+
+
 class EnvError(Exception):
     pass
 
@@ -45,10 +55,15 @@ def requirement_files(name: str) -> tuple[Path, Path | None]:
     else:
         main = TOOLS_DIR / name / "requirements.txt"
     if not main.is_file():
-        valid = ["base"] + sorted(p.parent.name for p in TOOLS_DIR.glob("*/requirements.txt"))
-        raise EnvError(f"no pins for environment '{name}' ({main} missing; valid: {', '.join(valid)})")
+        raise EnvError(f"no pins for environment '{name}' ({main} missing; valid: {', '.join(known_envs())})")
     build = main.parent / "requirements-build.txt" if main.name == "requirements.txt" else None
     return main, build if build and build.is_file() else None
+
+
+def lock_file(name: str) -> Path:
+    """The environment's lock: beside its main requirements file, same stem, ``.lock``."""
+    main, _ = requirement_files(name)
+    return main.with_suffix(".lock")
 
 
 def _included(path: Path) -> list[Path]:
@@ -78,8 +93,9 @@ def build_env_vars(build_file: Path | None) -> dict[str, str]:
 
 def pins_hash(name: str) -> str:
     main, build = requirement_files(name)
+    lock = lock_file(name)
     h = hashlib.sha256(f"builder={BUILDER_VERSION};python={python_version(name)};".encode())
-    for f in _included(main) + ([build] if build else []):
+    for f in _included(main) + ([build] if build else []) + ([lock] if lock.is_file() else []):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:12]
 
@@ -122,8 +138,14 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
 def install(name: str, python: str) -> None:
     """The install steps, shared by the venv runner and the Dockerfiles."""
     main, build = requirement_files(name)
+    lock = lock_file(name)
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
     _run(pip + ["-U", *BOOTSTRAP])
+    if lock.is_file():
+        stale = check_lock(name)
+        if stale:
+            raise EnvError(f"{lock} is out of date ({'; '.join(stale)}): run `python3 -m common.envs lock {name}`")
+        pip += ["-c", str(lock)]
     _run(pip + ["-r", str(main)], cwd=main.parent)
     if build:
         _run(pip + ["--no-build-isolation", "-r", str(build)], env=build_env_vars(build), cwd=build.parent)
@@ -151,11 +173,95 @@ def ensure(name: str) -> Path:
     return venv
 
 
+def known_envs() -> list[str]:
+    """Every environment with pins in this checkout: base, the tools, the test-only ones."""
+    tools = sorted(p.parent.name for p in TOOLS_DIR.glob("*/requirements.txt"))
+    tests = sorted(p.stem[len("requirements-"):] for p in (REPO_ROOT / "tests").glob("requirements-*.txt"))
+    return ["base", *tools, *tests]
+
+
+def stale_venvs() -> list[Path]:
+    """Cached environments of known names whose pins hash is not this checkout's (old pins)."""
+    current = {venv_dir(name).name for name in known_envs()}
+    names = known_envs()
+    stale = []
+    for venv in sorted((cache_root() / "venvs").glob("*-*")):
+        name, _, digest = venv.name.rpartition("-")
+        if venv.is_dir() and name in names and re.fullmatch(r"[0-9a-f]{12}", digest) and venv.name not in current:
+            stale.append(venv)
+    return stale
+
+
+def write_lock(name: str) -> Path:
+    """Freeze ``name``'s environment as resolved from its requirements alone into its lock file.
+
+    The environment is built without the old lock (a cached lock-free one is reused), so a pin
+    change resolves afresh. The lock is part of the pins hash: the next ``ensure`` builds from
+    the lock itself, so what was frozen is what every runner installs.
+    """
+    lock = lock_file(name)
+    old = lock.read_bytes() if lock.is_file() else None
+    lock.unlink(missing_ok=True)
+    try:
+        venv = ensure(name)
+        frozen = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--disable-pip-version-check"],
+                                capture_output=True, text=True)
+        if frozen.returncode != 0:
+            raise EnvError(f"pip freeze failed in {venv}: {frozen.stderr.strip()}")
+    except BaseException:
+        if old is not None:
+            lock.write_bytes(old)
+        raise
+    lines = sorted((ln for ln in frozen.stdout.splitlines() if "==" in ln), key=str.lower)
+    header = (f"# {lock.name}: every package of the '{name}' environment (Python {python_version(name)}), used as pip\n"
+              f"# constraints by the venv runner and the images. Generated by `python3 -m common.envs lock {name}`;\n"
+              "# regenerate it after changing the requirements files. Do not edit.\n")
+    tmp = lock.with_name(lock.name + ".tmp")
+    tmp.write_text(header + "\n".join(lines) + "\n")
+    tmp.replace(lock)
+    return lock
+
+
+def check_lock(name: str) -> list[str]:
+    """Top-level pins that disagree with the lock (empty when consistent or when there is no lock)."""
+    lock = lock_file(name)
+    if not lock.is_file():
+        return []
+    locked = dict(_exact_pins(lock))
+    main, build = requirement_files(name)
+    problems = []
+    for f in _included(main) + ([build] if build else []):
+        for pkg, version in _exact_pins(f):
+            if pkg not in locked and pkg not in UNFROZEN:
+                problems.append(f"{f.name}: {pkg}=={version} is not in {lock.name}")
+            elif pkg in locked and locked[pkg] != version:
+                problems.append(f"{f.name}: {pkg}=={version} but {lock.name} has {locked[pkg]}")
+    return problems
+
+
+def _exact_pins(path: Path) -> list[tuple[str, str]]:
+    """(normalised name, version) of every ``name==version`` line."""
+    pins = []
+    for line in path.read_text().splitlines():
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
+        if m:
+            pins.append((re.sub(r"[-_.]+", "-", m.group(1)).lower(), m.group(2)))
+    return pins
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m common.envs", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=["ensure", "path", "python", "hash", "python-version", "install"])
-    parser.add_argument("name", help="base or a tool name")
+    actions = ["ensure", "path", "python", "hash", "python-version", "install", "lock", "prune"]
+    parser.add_argument("action", choices=actions)
+    parser.add_argument("name", nargs="?", help="base, a tool name, or a test environment (not for prune)")
     args = parser.parse_args(argv)
+    if args.action == "prune":
+        for venv in stale_venvs():  # other clones on older pins rebuild theirs on their next run
+            print(f"removing {venv}")
+            shutil.rmtree(venv)
+        return 0
+    if not args.name:
+        parser.error(f"{args.action} needs an environment name (one of: {', '.join(known_envs())})")
     try:
         if args.action == "ensure":
             print(ensure(args.name) / "bin" / "python")
@@ -167,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             print(pins_hash(args.name))
         elif args.action == "python-version":
             print(python_version(args.name))
+        elif args.action == "lock":
+            print(write_lock(args.name))
         else:  # install into the running interpreter (Docker images)
             install(args.name, sys.executable)
     except EnvError as err:
