@@ -60,6 +60,8 @@ help: ## list the targets and variables
 	@echo "Variables: CHIP=$(CHIP) BATCH=$(BATCH) DEVICE=$(DEVICE) BACKEND=$(BACKEND) (ais_bench|onnxruntime)"
 	@echo "  TARGET=$(TARGET) (ascend|onnx) DATA=<coco root> WEIGHTS=<checkpoint> OUT=$(OUT) TUNE=(subgraph|op)"
 	@echo "  FORCE=1 (overwrite outputs) DYNAMIC_BATCH=1 (M-onnx, targets that allow it) RUNNER=$(RUNNER) (venv|docker)"
+	@echo "  NO_VERIFY=1 (M-onnx: WEIGHTS is your own checkpoint, no published checksum) SKIP_BAD=1 (M-data: leave out"
+	@echo "  unreadable images, recorded; mAP marked partial)"
 
 test: ## build the environments once (cached) and run every test suite
 	$(HOSTPY) tests/run.py
@@ -90,13 +92,13 @@ $(1)-image:
 	  --build-arg PYTHON_VERSION=$$$$($(HOSTPY) -m common.envs python-version $(1)) -t $$(call image_name,$(1)) .
 $(1)-onnx: $(1)-env
 	$$(call run_py,$(1)) tools.$(1) export --out $(OUT)/$(1)/onnx --batch $(BATCH) --target $(TARGET) \
-	  $(weights_flag) $(force_flag) $(if $(DYNAMIC_BATCH),--dynamic-batch)
+	  $(weights_flag) $(force_flag) $(if $(DYNAMIC_BATCH),--dynamic-batch) $(if $(NO_VERIFY),--no-verify)
 $(1)-om: $(1)-env
 	$$(call run_py,$(1)) tools.$(1) om --onnx $(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx \
 	  --out $(OUT)/$(1)/om --chip $(CHIP) --batch $(BATCH) --device $(DEVICE) $(if $(TUNE),--tune $(TUNE)) $(force_flag)
 $(1)-data: $(1)-env
 	@test -n "$(DATA)" || { echo "error: DATA=<dataset root> is required for $(1)-data" >&2; exit 2; }
-	$$(call run_py,$(1)) tools.$(1) data --data $(DATA) --out $(OUT)/$(1)/data $(force_flag)
+	$$(call run_py,$(1)) tools.$(1) data --data $(DATA) --out $(OUT)/$(1)/data $(force_flag) $(if $(SKIP_BAD),--skip-bad)
 $(1)-infer: $(1)-env
 	$$(call run_py,$(1)) tools.$(1) infer --model $$(if $$(filter ais_bench,$(BACKEND)),$(OUT)/$(1)/om/$(1)_bs$(BATCH)_Ascend$(CHIP).om,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx) \
 	  --prep $(OUT)/$(1)/data --out $(OUT)/$(1)/infer --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) $(force_flag)
@@ -104,8 +106,10 @@ $(1)-eval: $(1)-env
 	$$(call run_py,$(1)) tools.$(1) eval --prep $(OUT)/$(1)/data --results $(OUT)/$(1)/infer/$(1)_$(BACKEND)_bs$(BATCH) \
 	  --out $(OUT)/$(1)/eval --target $(TARGET) --backend $(BACKEND) --batch $(BATCH) $(force_flag)
 $(1)-perf: $(1)-env
-	$$(call run_py,$(1)) tools.$(1) perf --model $$(if $$(filter ais_bench,$(BACKEND)),$(OUT)/$(1)/om/$(1)_bs$(BATCH)_Ascend$(CHIP).om,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx) \
-	  --out $(OUT)/$(1)/perf --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) $(force_flag)
+	for b in $(BATCH); do \
+	  $$(call run_py,$(1)) tools.$(1) perf --model $$(if $$(filter ais_bench,$(BACKEND)),$(OUT)/$(1)/om/$(1)_bs$$$${b}_Ascend$(CHIP).om,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$$$${b}.onnx) \
+	    --out $(OUT)/$(1)/perf --backend $(BACKEND) --batch $$$${b} --device $(DEVICE) $(force_flag) || exit $$$$?; \
+	done
 $(1)-all: $(1)-onnx $(1)-data $(1)-infer $(1)-eval
 endef
 

@@ -32,17 +32,26 @@ def _choice(value: str, valid: tuple[str, ...], name: str) -> str:
     return value
 
 
+def command_argv() -> list[str]:
+    """The command line as the user typed it (`python -m tools.<model>` shows as a __main__.py path)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("__main__.py"):
+        argv[:1] = ["python", "-m", f"tools.{Path(argv[0]).parent.name}"]
+    return argv
+
+
 def provenance(backend: str, batch: int, device: str, model_path: str | os.PathLike | None = None):
     """What produced a number: command line, backend, device, batch size and versions."""
     from common.report import Provenance
 
-    argv = list(sys.argv)
-    if argv and argv[0].endswith("__main__.py"):  # `python -m tools.<model>` shows as its __main__.py path
-        argv[:1] = ["python", "-m", f"tools.{Path(argv[0]).parent.name}"]
-    prov = Provenance.capture(backend, device, batch, argv=argv)
+    prov = Provenance.capture(backend, device, batch, argv=command_argv())
     if model_path:
         prov.command += f"  # model file: {model_path}"
     return prov
+
+
+#: every command that writes results refuses to overwrite them unless asked
+FORCE = typer.Option(False, "--force", help="overwrite existing outputs")
 
 
 def build_app(model: str) -> typer.Typer:
@@ -56,7 +65,7 @@ def build_app(model: str) -> typer.Typer:
 
     @app.command()
     def checkpoint(out: Path = typer.Option(..., help="where to write the random-weight checkpoint"),
-                   seed: int = 0, force: bool = False) -> None:
+                   seed: int = 0, force: bool = FORCE) -> None:
         """Write a random-weight checkpoint in the upstream file format (for demos and tests)."""
         try:
             if out.exists() and not force:
@@ -69,9 +78,10 @@ def build_app(model: str) -> typer.Typer:
     def export(out: Path = typer.Option(..., help="output directory"),
                weights: Optional[Path] = typer.Option(None, help="local checkpoint (default: verified download)"),
                batch: int = 1, target: str = typer.Option("ascend", help="ascend | onnx"),
-               no_verify: bool = typer.Option(False, help="skip the checksum check of --weights"),
-               dynamic_batch: bool = typer.Option(False, help="symbolic batch axis (targets that allow it)"),
-               force: bool = False) -> None:
+               no_verify: bool = typer.Option(False, "--no-verify", help="skip the checksum check of --weights"),
+               dynamic_batch: bool = typer.Option(False, "--dynamic-batch",
+                                                   help="symbolic batch axis (targets that allow it)"),
+               force: bool = FORCE) -> None:
         """PyTorch checkpoint -> static ONNX (+ parity report against PyTorch)."""
         import inspect
 
@@ -106,7 +116,7 @@ def build_app(model: str) -> typer.Typer:
     def om(onnx: Path = typer.Option(..., help="exported ONNX"), out: Path = typer.Option(...),
            chip: str = typer.Option(..., help="SoC name from `npu-smi info`, e.g. 310P3"),
            batch: int = 1, tune: Optional[str] = typer.Option(None, help="AOE tuning: subgraph | op"),
-           device: int = 0, force: bool = False) -> None:
+           device: int = 0, force: bool = FORCE) -> None:
         """ONNX -> .om with ATC (or AOE tuning); prints the exact command when CANN is absent."""
         from common import atc
 
@@ -128,8 +138,9 @@ def build_app(model: str) -> typer.Typer:
     @app.command()
     def data(data: Path = typer.Option(..., help="COCO root (val2017/ + annotations/)"),
              out: Path = typer.Option(...), limit: Optional[int] = None,
-             skip_bad: bool = typer.Option(False, help="leave out unreadable images (recorded; mAP partial)"),
-             force: bool = False) -> None:
+             skip_bad: bool = typer.Option(False, "--skip-bad",
+                                           help="leave out unreadable images (recorded; mAP partial)"),
+             force: bool = FORCE) -> None:
         """Preprocess a dataset into .bin tensors + manifest.json + .info files (resumable)."""
         from common.pipeline import preprocess_dataset
 
@@ -143,7 +154,7 @@ def build_app(model: str) -> typer.Typer:
     def infer(model_file: Path = typer.Option(..., "--model", help=".onnx or .om"),
               prep: Path = typer.Option(..., help="preprocessed dataset directory"),
               out: Path = typer.Option(...), backend: str = "onnxruntime", batch: int = 1, device: int = 0,
-              force: bool = False) -> None:
+              force: bool = FORCE) -> None:
         """Run inference; writes ais_bench's layout (<out>/<dirname>/<stem>_<k>.bin + summary)."""
         from common.pipeline import run_inference
 
@@ -159,7 +170,7 @@ def build_app(model: str) -> typer.Typer:
                      out: Path = typer.Option(...), target: str = "ascend",
                      annotations: Optional[Path] = typer.Option(None, help="default: the one used by the data step"),
                      backend: str = "onnxruntime", batch: int = 1, device: str = "cpu",
-                     model_file: Optional[Path] = typer.Option(None, "--model"), force: bool = False) -> None:
+                     model_file: Optional[Path] = typer.Option(None, "--model"), force: bool = FORCE) -> None:
         """Postprocess results and evaluate (COCO mAP); report.json + report.md beside the published figures."""
         from common.pipeline import evaluate
 
@@ -175,14 +186,17 @@ def build_app(model: str) -> typer.Typer:
     def perf(model_file: Path = typer.Option(..., "--model"), out: Path = typer.Option(...),
              prep: Optional[Path] = typer.Option(None, help="dataset to run on (default: synthetic inputs)"),
              backend: str = "onnxruntime", batch: list[int] = typer.Option([1]), device: int = 0,
-             loop: int = 5, force: bool = False) -> None:
-        """Throughput per batch size (ais_bench summary fields), beside the published figures."""
+             loop: int = 5, force: bool = FORCE) -> None:
+        """Throughput per batch size (ais_bench summary fields), beside the published figures.
+
+        Rows add up in OUT/perf.json across calls, one per backend and batch size.
+        """
         from common.perf import measure_throughput
 
         try:
             _choice(backend, BACKENDS, "BACKEND")
             print(measure_throughput(tool().SPEC, model_file, out, backend=backend, batches=batch,
-                                     device=device, loop=loop, prep_dir=prep, force=force))
+                                     device=device, loop=loop, prep_dir=prep, force=force, argv=command_argv()))
         except ToolError as err:
             _fail(err)
 
@@ -190,7 +204,7 @@ def build_app(model: str) -> typer.Typer:
     def demo(out: Path = typer.Option(Path("out/demo"), help="output directory"),
              weights: Optional[Path] = typer.Option(None, help="real checkpoint (default: random weights)"),
              data: Optional[Path] = typer.Option(None, help="real COCO root (default: generated mini set)"),
-             images: int = 4, chip: str = "310P3", target: str = "ascend", force: bool = False) -> None:
+             images: int = 4, chip: str = "310P3", target: str = "ascend", force: bool = FORCE) -> None:
         """Whole pipeline: export -> atc command -> onnxruntime -> postprocess -> report."""
         from common.demo import run_demo
 
@@ -204,11 +218,25 @@ def build_app(model: str) -> typer.Typer:
 
 
 def _format_parity(parity: dict) -> str:
+    """One line per output: what a reader checks first (max abs diff against the tolerance)."""
     rows = parity.get("rows", [])
     lines = [f"parity PyTorch vs ONNX Runtime: {'OK' if parity.get('ok') else 'FAIL'}"]
-    for r in rows:
-        lines.append("  " + "  ".join(f"{k}={v}" for k, v in r.items()))
+    if rows:
+        width = max(len(str(r.get("name", ""))) for r in rows)
+        for r in rows:
+            extra = "  ".join(f"{k}={v}" for k, v in r.items()
+                              if k not in {"name", "shape", "max_abs_diff", "max_rel_diff", "atol", "rtol", "ok"}
+                              and v not in ("", None, 0.0, "array", "float32")
+                              and not (k == "got_shape" and v == r.get("shape")))
+            lines.append(f"  {str(r.get('name', '')):<{width}}  shape={r.get('shape')}  "
+                         f"max_abs_diff={_num(r.get('max_abs_diff'))}  max_rel_diff={_num(r.get('max_rel_diff'))}  "
+                         f"atol={r.get('atol')} rtol={r.get('rtol')}  {'ok' if r.get('ok') else 'MISMATCH'}"
+                         + (f"  {extra}" if extra else ""))
     return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def main_for(model: str) -> None:

@@ -62,7 +62,8 @@ def verify(path: str | os.PathLike, spec: WeightsSpec) -> None:
     if not ok:
         raise ToolError(
             f"checksum mismatch for {p}: expected {expected}, got {actual}; "
-            f"the file is corrupt, truncated or not {spec.filename} — delete it and download again"
+            f"the file is corrupt, truncated or not {spec.filename} — delete it and download again "
+            "(your own checkpoint of this model: --no-verify, NO_VERIFY=1 with make)"
         )
 
 

@@ -16,22 +16,25 @@ from common.errors import ToolError
 from common.perf import measure_throughput
 
 
-@pytest.fixture
-def tiny_onnx(tmp_path):
-    """out[b] = per-image channel means of the input (B,3,32,48) -> (B,4)."""
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 48])
-    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])
+def _tiny_model(path, batch):
+    """out[b] = per-image channel means of the input (B,3,32,48) -> (B,4); static batch ``batch``."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 32, 48])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, 4])
     nodes = [
         helper.make_node("ReduceMean", ["input"], ["m"], axes=[2, 3], keepdims=0),
         helper.make_node("Concat", ["m", "m1"], ["out"], axis=1),
     ]
-    one = helper.make_tensor("m1", TensorProto.FLOAT, [1, 1], [1.0])
+    one = helper.make_tensor("m1", TensorProto.FLOAT, [batch, 1], [1.0] * batch)
     graph = helper.make_graph(nodes, "tiny", [x], [y], initializer=[one])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
     model.ir_version = 7
-    path = tmp_path / "tiny.onnx"
     onnx.save(model, path)
     return path
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path):
+    return _tiny_model(tmp_path / "tiny.onnx", 1)
 
 
 @pytest.fixture
@@ -87,15 +90,35 @@ def test_backend_and_model_file_must_fit(prepared, tiny_onnx, tmp_path):
         pipeline.run_inference(tool.SPEC, tiny_onnx, prep, tmp_path / "i", backend="onnxruntime", batch=8)
 
 
-def test_throughput_table_beside_published(tiny_spec, tiny_onnx, tmp_path):
-    table = measure_throughput(tiny_spec, tiny_onnx, tmp_path / "perf", backend="onnxruntime", batches=[1],
-                               loop=2)
-    assert "measured" in table and "onnxruntime" in table
-    rows = json.loads((tmp_path / "perf" / "perf.json").read_text())["rows"]
-    assert rows[0]["batch"] == 1 and rows[0]["fps"] > 0 and np.isfinite(rows[0]["fps"])
-    with pytest.raises(ToolError, match="--force"):
-        measure_throughput(tiny_spec, tiny_onnx, tmp_path / "perf", backend="onnxruntime", batches=[1])
-    measure_throughput(tiny_spec, tiny_onnx, tmp_path / "perf", backend="onnxruntime", batches=[1], force=True)
+def test_throughput_rows_add_up_per_batch_size_beside_published(tiny_spec, tiny_onnx, tmp_path):
+    out = tmp_path / "perf"
+    measure_throughput(tiny_spec, tiny_onnx, out, backend="onnxruntime", batches=[1], loop=2,
+                       argv=["python", "-m", "tools.tiny", "perf", "--batch", "1"])
+    bs2 = _tiny_model(tmp_path / "tiny_bs2.onnx", 2)
+    table = measure_throughput(tiny_spec, bs2, out, backend="onnxruntime", batches=[2], loop=2)
+    rows = json.loads((out / "perf.json").read_text())["rows"]
+    assert [(r["batch"], r["model_file"]) for r in rows] == [(1, str(tiny_onnx)), (2, str(bs2))]
+    assert all(r["fps"] > 0 and np.isfinite(r["fps"]) and r["versions"]["onnxruntime"] for r in rows)
+    assert "| 1 | measured | onnxruntime |" in table and "| 2 | measured | onnxruntime |" in table
+    md = (out / "perf.md").read_text()
+    assert "`python -m tools.tiny perf --batch 1`" in md and str(bs2) in md
+    with pytest.raises(ToolError, match="already has onnxruntime bs1: pass --force"):
+        measure_throughput(tiny_spec, tiny_onnx, out, backend="onnxruntime", batches=[1])
+    before = rows[0]["timestamp"], rows[0]["fps"]
+    measure_throughput(tiny_spec, tiny_onnx, out, backend="onnxruntime", batches=[1], loop=2, force=True)
+    again = json.loads((out / "perf.json").read_text())["rows"]
+    assert [r["batch"] for r in again] == [1, 2] and (again[0]["timestamp"], again[0]["fps"]) != before
+
+
+def test_perf_results_of_another_model_are_never_mixed(tiny_spec, tiny_onnx, tmp_path):
+    out = tmp_path / "perf"
+    out.mkdir()
+    (out / "perf.json").write_text(json.dumps({"model": "fcos", "rows": []}))
+    with pytest.raises(ToolError, match="model 'fcos', not 'tiny': use another --out"):
+        measure_throughput(tiny_spec, tiny_onnx, out, backend="onnxruntime", batches=[1])
+    (out / "perf.json").write_text("[1, 2]")
+    with pytest.raises(ToolError, match="not a perf results file"):
+        measure_throughput(tiny_spec, tiny_onnx, out, backend="onnxruntime", batches=[1])
 
 
 def test_skipped_images_make_the_report_partial(tiny_tool, tiny_onnx, tmp_path):

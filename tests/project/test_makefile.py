@@ -58,3 +58,29 @@ def test_docker_runner_passes_the_npu_through():
 def test_unknown_runner_is_refused():
     proc = make("RUNNER=podman", "help")
     assert proc.returncode != 0 and "unknown RUNNER 'podman'" in proc.stderr
+
+
+def test_flags_reach_the_tool_cli():
+    out = make("-n", "RUNNER=venv", "fcos-onnx", "NO_VERIFY=1", "DYNAMIC_BATCH=1", "TARGET=onnx").stdout
+    assert "--target onnx" in out and "--dynamic-batch" in out and "--no-verify" in out
+    out = make("-n", "RUNNER=venv", "fcos-data", "DATA=/d/coco", "SKIP_BAD=1", "FORCE=1").stdout
+    assert "data --data /d/coco --out out/fcos/data --force --skip-bad" in out
+    assert "--no-verify" not in make("-n", "RUNNER=venv", "fcos-onnx").stdout
+
+
+def test_perf_measures_each_batch_size_with_its_own_model_and_stops_at_a_failure(tmp_path):
+    """The shell loop itself runs: a fake interpreter records each call and fails for batch 4."""
+    log = tmp_path / "calls.log"
+    tool_py = tmp_path / "toolpython"
+    tool_py.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *"--batch 4 "*) exit 3;; esac\n')
+    host_py = tmp_path / "hostpython"
+    host_py.write_text(f'#!/bin/sh\ncase "$3" in python) echo {tool_py};; esac\n')
+    for script in (tool_py, host_py):
+        script.chmod(0o755)
+    proc = subprocess.run(["make", "--no-print-directory", f"HOSTPY={host_py}", "RUNNER=venv",
+                           "efficientdet-perf", "BATCH=1 4 8"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2  # batch 8 never ran after batch 4 failed
+    assert "--model out/efficientdet/onnx/efficientdet_ascend_bs1.onnx" in calls[0] and "--batch 1 " in calls[0]
+    assert "--model out/efficientdet/onnx/efficientdet_ascend_bs4.onnx" in calls[1] and "--batch 4 " in calls[1]
