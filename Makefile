@@ -26,6 +26,9 @@ DEMO_MODEL ?= efficientdet
 RUNNER  ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo venv)
 
 force_flag   = $(if $(FORCE),--force)
+# M-all: run step $(2) unless its finished output $(1) is there (a rerun continues where it stopped)
+if_missing   = if [ -z "$(FORCE)" ] && [ -e $(1) ]; then echo "$(2): keeping $(1) (FORCE=1 redoes it)"; \
+  else $(MAKE) --no-print-directory $(2); fi
 weights_flag = $(if $(WEIGHTS),--weights $(WEIGHTS))
 image_name   = ascend-vision/$(1):$(shell $(HOSTPY) -m common.envs hash $(1))
 # Ascend device passthrough (see README "Containers")
@@ -54,7 +57,8 @@ help: ## list the targets and variables
 	@echo "Model targets (M = $(MODELS)):"
 	@for m in $(MODELS); do printf "  %s\n" "$$(for s in $(STEPS); do printf '%s-%s ' $$m $$s; done)"; done
 	@echo "  env: build the tool's venv  image: docker image  onnx: export  om: ATC  data: preprocess"
-	@echo "  infer: run BACKEND  eval: COCO/VOC metrics + report  perf: throughput  all: onnx data infer eval"
+	@echo "  infer: run BACKEND  eval: COCO/VOC metrics + report  perf: throughput  all: onnx (om) data infer eval,"
+	@echo "  skipping steps whose outputs exist (om only with BACKEND=ais_bench)"
 	@echo "  Ready: $(READY_MODELS); the others have their data file only (planned)."
 	@echo
 	@echo "Variables: CHIP=$(CHIP) BATCH=$(BATCH) DEVICE=$(DEVICE) BACKEND=$(BACKEND) (ais_bench|onnxruntime)"
@@ -110,7 +114,12 @@ $(1)-perf: $(1)-env
 	  $$(call run_py,$(1)) tools.$(1) perf --model $$(if $$(filter ais_bench,$(BACKEND)),$(OUT)/$(1)/om/$(1)_bs$$$${b}_Ascend$(CHIP).om,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$$$${b}.onnx) \
 	    --out $(OUT)/$(1)/perf --backend $(BACKEND) --batch $$$${b} --device $(DEVICE) $(force_flag) || exit $$$$?; \
 	done
-$(1)-all: $(1)-onnx $(1)-data $(1)-infer $(1)-eval
+$(1)-all: $(1)-env
+	@$$(call if_missing,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx,$(1)-onnx)
+	$$(if $$(filter ais_bench,$(BACKEND)),@$$(call if_missing,$(OUT)/$(1)/om/$(1)_bs$(BATCH)_Ascend$(CHIP).om,$(1)-om))
+	@$$(call if_missing,$(OUT)/$(1)/data/manifest.json,$(1)-data)
+	@$$(call if_missing,$(OUT)/$(1)/infer/$(1)_$(BACKEND)_bs$(BATCH),$(1)-infer)
+	@$$(call if_missing,$(OUT)/$(1)/eval/report.json,$(1)-eval)
 endef
 
 define planned_model

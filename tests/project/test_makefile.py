@@ -68,15 +68,22 @@ def test_flags_reach_the_tool_cli():
     assert "--no-verify" not in make("-n", "RUNNER=venv", "fcos-onnx").stdout
 
 
-def test_perf_measures_each_batch_size_with_its_own_model_and_stops_at_a_failure(tmp_path):
-    """The shell loop itself runs: a fake interpreter records each call and fails for batch 4."""
+def fake_interpreters(tmp_path: Path, fail_on: str = "no such argument") -> tuple[Path, Path]:
+    """(host python, log): the host python answers `common.envs python M` with a tool python that
+    records each call in the log and exits 3 when its arguments contain ``fail_on``."""
     log = tmp_path / "calls.log"
     tool_py = tmp_path / "toolpython"
-    tool_py.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *"--batch 4 "*) exit 3;; esac\n')
+    tool_py.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *"{fail_on}"*) exit 3;; esac\n')
     host_py = tmp_path / "hostpython"
     host_py.write_text(f'#!/bin/sh\ncase "$3" in python) echo {tool_py};; esac\n')
     for script in (tool_py, host_py):
         script.chmod(0o755)
+    return host_py, log
+
+
+def test_perf_measures_each_batch_size_with_its_own_model_and_stops_at_a_failure(tmp_path):
+    """The shell loop itself runs: a fake interpreter records each call and fails for batch 4."""
+    host_py, log = fake_interpreters(tmp_path, fail_on="--batch 4 ")
     proc = subprocess.run(["make", "--no-print-directory", f"HOSTPY={host_py}", "RUNNER=venv",
                            "efficientdet-perf", "BATCH=1 4 8"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0
@@ -84,3 +91,29 @@ def test_perf_measures_each_batch_size_with_its_own_model_and_stops_at_a_failure
     assert len(calls) == 2  # batch 8 never ran after batch 4 failed
     assert "--model out/efficientdet/onnx/efficientdet_ascend_bs1.onnx" in calls[0] and "--batch 1 " in calls[0]
     assert "--model out/efficientdet/onnx/efficientdet_ascend_bs4.onnx" in calls[1] and "--batch 4 " in calls[1]
+
+
+def test_all_continues_where_it_stopped_and_force_redoes_everything(tmp_path):
+    host_py, log = fake_interpreters(tmp_path)
+    out = tmp_path / "out"
+    (out / "fcos" / "onnx").mkdir(parents=True)
+    (out / "fcos" / "onnx" / "fcos_ascend_bs1.onnx").write_bytes(b"x")
+    (out / "fcos" / "data").mkdir()
+    (out / "fcos" / "data" / "manifest.json").write_text("{}")
+
+    def run_all(*extra):
+        log.unlink(missing_ok=True)
+        proc = subprocess.run(["make", "--no-print-directory", f"HOSTPY={host_py}", "RUNNER=venv", f"OUT={out}",
+                               "DATA=/d/coco", "fcos-all", *extra], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, [line.split()[2] for line in log.read_text().splitlines()]
+
+    stdout, steps = run_all()
+    assert steps == ["infer", "eval"]  # `-m tools.fcos <step> ...`
+    assert f"fcos-onnx: keeping {out}/fcos/onnx/fcos_ascend_bs1.onnx (FORCE=1 redoes it)" in stdout
+    assert "fcos-om" not in stdout  # onnxruntime runs the .onnx
+    _, steps = run_all("BACKEND=ais_bench")
+    assert steps == ["om", "infer", "eval"]
+    _, steps = run_all("FORCE=1")
+    assert steps == ["export", "data", "infer", "eval"]
+    assert all("--force" in line for line in log.read_text().splitlines())
