@@ -10,7 +10,10 @@ READY_MODELS := efficientdet fcos
 STEPS        := env image onnx om data infer eval perf all
 
 HOSTPY  ?= python3
-CHIP    ?= 310P3
+# the chip `npu-smi info` reports on this host, else 310P3 (the seeds' chip); CHIP= overrides
+ifeq ($(origin CHIP),undefined)
+  CHIP := $(or $(shell $(HOSTPY) -m common.cann chip 2>/dev/null),310P3)
+endif
 BATCH   ?= 1
 DEVICE  ?= 0
 BACKEND ?= onnxruntime
@@ -46,7 +49,7 @@ else
   $(error unknown RUNNER '$(RUNNER)' (valid: venv, docker))
 endif
 
-.PHONY: help test test-slow lint demo clean $(foreach m,$(MODELS),$(foreach s,$(STEPS),$(m)-$(s)))
+.PHONY: help test test-slow lint demo doctor clean $(foreach m,$(MODELS),$(foreach s,$(STEPS),$(m)-$(s)))
 
 help: ## list the targets and variables
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -75,6 +78,9 @@ test-slow: ## also run the slow tier (full-size exports)
 
 lint: ## ruff over the project
 	$(HOSTPY) -m ruff check .
+
+doctor: ## what this host can run (Python, venvs, Docker, CANN, NPUs) and how to fix each gap
+	$(HOSTPY) -m common.doctor
 
 demo: ## whole pipeline for DEMO_MODEL (random weights + mini COCO unless WEIGHTS= and DATA=)
 	$(MAKE) $(DEMO_MODEL)-env

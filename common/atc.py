@@ -15,26 +15,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.cann import set_env_script, soc_version
 from common.errors import ToolError
 from common.fsutil import write_text_atomic
 from common.spec import ModelSpec
 
-#: SoC names as printed in the Name column of ``npu-smi info`` (soc_version = "Ascend" + name)
-KNOWN_CHIPS = (
-    "310", "310P1", "310P3", "310B1", "310B4",
-    "910A", "910B", "910ProA", "910ProB", "910PremiumA", "910B1", "910B2", "910B3", "910B4",
-)
 TUNE_JOB_TYPES = {"subgraph": 1, "op": 2}  # AOE --job_type (seed 004 §4)
-DEFAULT_SET_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
-
-
-def soc_version(chip: str) -> str:
-    """``310P3`` (or ``Ascend310P3``) -> ``Ascend310P3``; unknown chips name the valid ones."""
-    name = chip[len("Ascend"):] if chip.startswith("Ascend") else chip
-    if name not in KNOWN_CHIPS:
-        raise ToolError(
-            f"unknown CHIP '{chip}' (valid: {', '.join(KNOWN_CHIPS)}; see the Name column of `npu-smi info`)")
-    return "Ascend" + name
 
 
 @dataclass
@@ -110,21 +96,12 @@ def build_aoe(spec: ModelSpec, onnx_path: str | os.PathLike, out_dir: str | os.P
     return CompileJob(argv=argv, output=prefix.with_suffix(".om"))
 
 
-def _set_env_script() -> Path | None:
-    home = os.environ.get("ASCEND_TOOLKIT_HOME")
-    for candidate in ([Path(home) / "set_env.sh", Path(home).parent / "set_env.sh"] if home else []) + [
-            Path(DEFAULT_SET_ENV)]:
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def run(job: CompileJob, log_path: str | os.PathLike, *, force: bool = False) -> Path:
     """Run the job (sourcing CANN's set_env.sh when found); clear errors when the tool is absent or fails."""
     tool = job.argv[0]
     if job.output.exists() and not force:
         raise ToolError(f"{job.output} already exists: pass --force to rebuild it")
-    set_env = _set_env_script()
+    set_env = set_env_script()
     if shutil.which(tool) is None and set_env is None:
         raise ToolError(
             f"{tool} not found: install CANN or source its set_env.sh (set ASCEND_TOOLKIT_HOME); "

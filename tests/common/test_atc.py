@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from common import atc
+from common import atc, cann
 from common.errors import ToolError
 
 
@@ -57,7 +57,7 @@ def _fake_tool(bin_dir, name, script):
 def test_missing_atc_prints_exact_command(tiny_spec, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.delenv("ASCEND_TOOLKIT_HOME", raising=False)
-    monkeypatch.setattr(atc, "DEFAULT_SET_ENV", str(tmp_path / "none.sh"))
+    monkeypatch.setattr(cann, "DEFAULT_SET_ENV", str(tmp_path / "none.sh"))
     job = atc.build_atc(tiny_spec, tmp_path / "m.onnx", tmp_path, chip="310P3", batch=1)
     with pytest.raises(ToolError, match="atc not found") as err:
         atc.run(job, tmp_path / "atc.log")
