@@ -139,12 +139,12 @@ def install(name: str, python: str) -> None:
     """The install steps, shared by the venv runner and the Dockerfiles."""
     main, build = requirement_files(name)
     lock = lock_file(name)
+    stale = check_lock(name)
+    if stale:  # before pip runs: its own conflict message would not say how to fix it
+        raise EnvError(f"{lock} is out of date ({'; '.join(stale)}): run `python3 -m common.envs lock {name}`")
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
     _run(pip + ["-U", *BOOTSTRAP])
     if lock.is_file():
-        stale = check_lock(name)
-        if stale:
-            raise EnvError(f"{lock} is out of date ({'; '.join(stale)}): run `python3 -m common.envs lock {name}`")
         pip += ["-c", str(lock)]
     _run(pip + ["-r", str(main)], cwd=main.parent)
     if build:
@@ -182,8 +182,8 @@ def known_envs() -> list[str]:
 
 def stale_venvs() -> list[Path]:
     """Cached environments of known names whose pins hash is not this checkout's (old pins)."""
-    current = {venv_dir(name).name for name in known_envs()}
     names = known_envs()
+    current = {venv_dir(name).name for name in names}
     stale = []
     for venv in sorted((cache_root() / "venvs").glob("*-*")):
         name, _, digest = venv.name.rpartition("-")

@@ -94,7 +94,7 @@ def test_stale_lock_is_refused_with_the_fix(tools_dir, monkeypatch):
     problems = envs.check_lock("toy")
     assert problems == ["requirements.txt: six==1.16.0 is not in requirements.lock",
                         "requirements-base.txt: numpy==1.23.5 but requirements.lock has 1.22.0"]
-    monkeypatch.setattr(envs, "_run", lambda *a, **k: None)
+    monkeypatch.setattr(envs, "_run", lambda *a, **k: pytest.fail("pip must not run with a stale lock"))
     with pytest.raises(envs.EnvError, match=r"out of date .*python3 -m common.envs lock toy"):
         envs.install("toy", "/py")
 
