@@ -29,6 +29,8 @@ DEMO_MODEL ?= efficientdet
 RUNNER  ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo venv)
 
 force_flag   = $(if $(FORCE),--force)
+# the model file a backend runs for tool $(1) at batch $(2): the .om under ais_bench, else the .onnx
+model_file   = $(if $(filter ais_bench,$(BACKEND)),$(OUT)/$(1)/om/$(1)_bs$(2)_Ascend$(CHIP).om,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(2).onnx)
 # M-all: run step $(2) unless its finished output $(1) is there (a rerun continues where it stopped)
 if_missing   = if [ -z "$(FORCE)" ] && [ -e $(1) ]; then echo "$(2): keeping $(1) (FORCE=1 redoes it)"; \
   else $(MAKE) --no-print-directory $(2); fi
@@ -110,10 +112,11 @@ $(1)-data: $(1)-env
 	@test -n "$(DATA)" || { echo "error: DATA=<dataset root> is required for $(1)-data" >&2; exit 2; }
 	$$(call run_py,$(1)) tools.$(1) data --data $(DATA) --out $(OUT)/$(1)/data $(force_flag) $(if $(SKIP_BAD),--skip-bad)
 $(1)-infer: $(1)-env
-	$$(call run_py,$(1)) tools.$(1) infer --model $$(if $$(filter ais_bench,$(BACKEND)),$(OUT)/$(1)/om/$(1)_bs$(BATCH)_Ascend$(CHIP).om,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx) \
+	$$(call run_py,$(1)) tools.$(1) infer --model $$(call model_file,$(1),$(BATCH)) \
 	  --prep $(OUT)/$(1)/data --out $(OUT)/$(1)/infer --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) $(force_flag)
 $(1)-eval: $(1)-env
 	$$(call run_py,$(1)) tools.$(1) eval --prep $(OUT)/$(1)/data --results $(OUT)/$(1)/infer/$(1)_$(BACKEND)_bs$(BATCH) \
+	  --model $$(call model_file,$(1),$(BATCH)) \
 	  --out $(OUT)/$(1)/eval --target $(TARGET) --backend $(BACKEND) --batch $(BATCH) $(force_flag)
 $(1)-perf: $(1)-env
 	for b in $(BATCH); do \

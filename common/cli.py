@@ -50,6 +50,22 @@ def provenance(backend: str, batch: int, device: str, model_path: str | os.PathL
     return prov
 
 
+def export_record_path(model_file: Path) -> Path:
+    """The JSON beside a model file saying what it was built from (.onnx: the parity report)."""
+    return model_file.with_suffix(".parity.json" if model_file.suffix == ".onnx" else ".source.json")
+
+
+def _weights_of(model_file: Path) -> dict | None:
+    """The checkpoint record of the export behind ``model_file`` (None when there is no record)."""
+    from common.fsutil import read_json
+
+    path = export_record_path(model_file)
+    if not path.is_file():
+        return None
+    record = read_json(path, what="export record")
+    return record.get("weights") if isinstance(record, dict) else None
+
+
 #: every command that writes results refuses to overwrite them unless asked
 FORCE = typer.Option(False, "--force", help="overwrite existing outputs")
 
@@ -86,7 +102,7 @@ def build_app(model: str) -> typer.Typer:
         import inspect
 
         from common.fsutil import write_json_atomic
-        from common.weights import fetch
+        from common.weights import fetch, weights_record
 
         try:
             t = tool()
@@ -103,6 +119,7 @@ def build_app(model: str) -> typer.Typer:
                 raise ToolError(f"{path} already exists: pass --force to overwrite it")
             w = fetch(t.SPEC.weights, weights, verify_checksum=not no_verify)
             parity = t.export(w, path, batch=batch, target=target, **extra)
+            parity["weights"] = weights_record(w, verified=not no_verify)  # carried into every later report
             write_json_atomic(path.with_suffix(".parity.json"), parity)
             print(_format_parity(parity), file=sys.stderr)
             if not parity.get("ok", False):
@@ -119,6 +136,7 @@ def build_app(model: str) -> typer.Typer:
            device: int = 0, force: bool = FORCE) -> None:
         """ONNX -> .om with ATC (or AOE tuning); prints the exact command when CANN is absent."""
         from common import atc
+        from common.fsutil import write_json_atomic
 
         try:
             t = tool()
@@ -131,7 +149,10 @@ def build_app(model: str) -> typer.Typer:
             if not onnx.is_file():
                 raise ToolError(f"ONNX model {onnx} not found: run `make {model}-onnx` first; "
                                 "the command this step runs is below", detail=job.command)
-            print(atc.run(job, out / (job.output.stem + ".log"), force=force))
+            built = atc.run(job, out / (job.output.stem + ".log"), force=force)
+            if built.suffix == ".om":  # which ONNX (and so which checkpoint) this .om came from
+                write_json_atomic(export_record_path(built), {"onnx": str(onnx), "weights": _weights_of(onnx)})
+            print(built)
         except ToolError as err:
             _fail(err)
 
@@ -173,11 +194,19 @@ def build_app(model: str) -> typer.Typer:
                      model_file: Optional[Path] = typer.Option(None, "--model"), force: bool = FORCE) -> None:
         """Postprocess results and evaluate (COCO mAP); report.json + report.md beside the published figures."""
         from common.pipeline import evaluate
+        from common.weights import describe_weights
 
         try:
             _choice(target, TARGETS, "TARGET")
+            prov = provenance(backend, batch, device, model_file)
+            notes: tuple[str, ...] = ()
+            if model_file is not None:
+                record = _weights_of(model_file)
+                prov.weights = describe_weights(record)
+                if record and not record.get("verified"):
+                    notes = (f"UNVERIFIED WEIGHTS: {prov.weights}",)
             evaluate(tool(), prep, results, out, target=target, annotation_file=annotations,
-                     provenance=provenance(backend, batch, device, model_file), force=force)
+                     provenance=prov, notes=notes, force=force)
             print((out / "report.md").read_text())
         except ToolError as err:
             _fail(err)

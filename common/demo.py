@@ -28,7 +28,7 @@ def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: P
     from common.cli import provenance
     from common.demococo import make_mini_coco
     from common.pipeline import evaluate, preprocess_dataset, run_inference
-    from common.weights import fetch
+    from common.weights import describe_weights, fetch, weights_record
 
     spec = tool.SPEC
     out = ensure_fresh_output(Path(out), force=force, what="demo directory")
@@ -37,6 +37,7 @@ def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: P
         print(DEMO_NOTE, file=sys.stderr)
 
     _step("weights")
+    verified = weights is not None  # a given checkpoint passes fetch's checksum check; random ones are not
     if weights is None:
         weights = tool.random_checkpoint(out / "random_checkpoint.pth")
         print(f"random-weight checkpoint (upstream format): {weights}", file=sys.stderr)
@@ -49,6 +50,7 @@ def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: P
     _step(f"export (target {target}, batch 1)")
     onnx_path = out / "onnx" / f"{spec.name}_{target}_bs1.onnx"
     parity = tool.export(weights, onnx_path, batch=1, target=target)
+    parity["weights"] = weights_record(weights, verified=verified)
     write_json_atomic(onnx_path.with_suffix(".parity.json"), parity)
     print(f"{onnx_path}  parity ok={parity.get('ok')}", file=sys.stderr)
     if not parity.get("ok"):
@@ -71,6 +73,7 @@ def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: P
 
     _step("postprocess + COCO evaluation")
     prov = provenance("onnxruntime", 1, "cpu", onnx_path)
+    prov.weights = describe_weights(parity["weights"])
     report = evaluate(tool, prep, results, out / "eval", target=target, provenance=prov,
                       notes=(DEMO_NOTE,) if demo else (), force=True)
     print((out / "eval" / "report.md").read_text())

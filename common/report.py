@@ -154,6 +154,7 @@ class Provenance:
     batch_size: int
     versions: dict[str, str | None]
     timestamp: str
+    weights: str | None = None  # common.weights.describe_weights of the model's export record
 
     @classmethod
     def capture(cls, backend: str, device: str, batch_size: int,
@@ -353,6 +354,7 @@ def render_markdown(report: Report) -> str:
     lines += ["## Provenance", "",
               f"- command: `{p.command}`", f"- backend: {p.backend}", f"- device: {p.device}",
               f"- batch size: {p.batch_size}", f"- timestamp (UTC): {p.timestamp}",
+              *([f"- weights: {p.weights}"] if p.weights else []),
               f"- dataset: `{d.path}` ({d.num_images} images{', partial' if d.partial else ''})"]
     if d.skipped:
         shown = ", ".join(_skipped_item(s) for s in d.skipped[:_MAX_SKIPPED_SHOWN])

@@ -85,6 +85,23 @@ def fetch(spec: WeightsSpec, weights: str | os.PathLike | None = None, *, verify
     return path
 
 
+def weights_record(path: str | os.PathLike, *, verified: bool) -> dict:
+    """What a model file was exported from: carried by the export's sidecar JSON into every report."""
+    p = Path(path)
+    return {"file": str(p), "sha256": file_digest(p, "sha256"), "verified": bool(verified)}
+
+
+def describe_weights(record: dict | None) -> str:
+    """One line for a report: which checkpoint, and whether it is the published one."""
+    if not record:
+        return "unknown (no export record beside the model file)"
+    digest = record.get("sha256", "?")[:12]
+    if record.get("verified"):
+        return f"`{record['file']}` (sha256 {digest}..., matches the published checksum)"
+    return (f"`{record['file']}` (sha256 {digest}...) NOT verified against the published checksum: "
+            "the figures describe this file, not the published model")
+
+
 def download(url: str, dest: Path) -> Path:
     """Download to a temporary name; only a complete file is renamed to ``dest``."""
     print(f"downloading {url} -> {dest}", file=sys.stderr)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 
 import pytest
@@ -116,3 +117,27 @@ def test_complete_download_is_verified_and_cached(tmp_path, monkeypatch):
     assert path == tmp_path / "weights" / "w.pth" and path.read_bytes() == body
     assert weights.fetch(spec) == path  # cached: the server answers only once
     server.server_close()
+
+
+def test_weights_record_and_its_report_line(tmp_path):
+    ckpt = tmp_path / "d0.pth"
+    ckpt.write_bytes(b"not really a checkpoint")
+    record = weights.weights_record(ckpt, verified=False)
+    assert record == {"file": str(ckpt), "sha256": hashlib.sha256(b"not really a checkpoint").hexdigest(),
+                      "verified": False}
+    assert "NOT verified against the published checksum" in weights.describe_weights(record)
+    assert "matches the published checksum" in weights.describe_weights({**record, "verified": True})
+    assert weights.describe_weights(None).startswith("unknown")
+
+
+def test_reports_find_the_export_record_beside_onnx_and_om_files(tmp_path):
+    from common import cli
+
+    onnx_file, om_file = tmp_path / "m_ascend_bs1.onnx", tmp_path / "m_bs1_Ascend310P3.om"
+    assert cli.export_record_path(onnx_file) == tmp_path / "m_ascend_bs1.parity.json"
+    assert cli.export_record_path(om_file) == tmp_path / "m_bs1_Ascend310P3.source.json"
+    assert cli._weights_of(onnx_file) is None  # no record: the report says "unknown"
+    record = {"file": "/w.pth", "sha256": "0" * 64, "verified": True}
+    (tmp_path / "m_ascend_bs1.parity.json").write_text(json.dumps({"ok": True, "weights": record}))
+    (tmp_path / "m_bs1_Ascend310P3.source.json").write_text(json.dumps({"onnx": str(onnx_file), "weights": record}))
+    assert cli._weights_of(onnx_file) == record == cli._weights_of(om_file)

@@ -34,6 +34,8 @@ def test_demo_runs_end_to_end_and_writes_only_under_out(tmp_path):
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["model"] == "efficientdet" and any("PIPELINE DEMONSTRATION" in n for n in report["notes"])
     assert report["provenance"]["backend"] == "onnxruntime" and report["dataset"]["num_images"] == 2
+    assert "random_checkpoint.pth" in report["provenance"]["weights"]
+    assert "NOT verified against the published checksum" in report["provenance"]["weights"]
     assert "bbox_mAP" in report["metrics"]
     assert len(list((out / "infer").rglob("*_0.bin"))) == 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -45,3 +46,23 @@ def test_wrong_chip_names_the_valid_ones(tmp_path):
 def test_unsupported_batch_is_refused(tmp_path):
     proc = make("efficientdet-om", "CHIP=310P3", "BATCH=3", out=tmp_path)
     assert proc.returncode != 0 and "BATCH=3 is not supported" in proc.stderr and "valid: 1, 4, 8" in proc.stderr
+
+
+def test_om_records_the_onnx_and_checkpoint_it_came_from(tmp_path):
+    """With a CANN-like toolkit (a fake atc writing the .om), the .om gets a source record for reports."""
+    onnx_path = tmp_path / "efficientdet" / "onnx" / "efficientdet_ascend_bs1.onnx"
+    _placeholder_onnx(onnx_path)
+    weights = {"file": "/w/d0.pth", "sha256": "ab" * 32, "verified": True}
+    onnx_path.with_suffix(".parity.json").write_text(json.dumps({"ok": True, "weights": weights}))
+    toolkit = tmp_path / "no-cann"  # run_make points ASCEND_TOOLKIT_HOME here
+    (toolkit / "bin").mkdir(parents=True)
+    atc = toolkit / "bin" / "atc"
+    atc.write_text('#!/bin/sh\nfor a in "$@"; do case $a in --output=*) out=${a#--output=};; esac; done\n'
+                   'touch "$out.om"\n')
+    atc.chmod(0o755)
+    (toolkit / "set_env.sh").write_text(f"export PATH={toolkit / 'bin'}:$PATH\n")
+    proc = make("efficientdet-om", "CHIP=310P3", out=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    om = tmp_path / "efficientdet" / "om" / "efficientdet_bs1_Ascend310P3.om"
+    record = json.loads(om.with_suffix(".source.json").read_text())
+    assert record == {"onnx": str(onnx_path), "weights": weights}
