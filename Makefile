@@ -70,7 +70,7 @@ help: ## list the targets and variables
 	@echo "  TARGET=$(TARGET) (ascend|onnx) DATA=<coco root> WEIGHTS=<checkpoint> OUT=$(OUT) TUNE=(subgraph|op)"
 	@echo "  FORCE=1 (overwrite outputs) DYNAMIC_BATCH=1 (M-onnx, targets that allow it) RUNNER=$(RUNNER) (venv|docker)"
 	@echo "  NO_VERIFY=1 (M-onnx: WEIGHTS is your own checkpoint, no published checksum) SKIP_BAD=1 (M-data: leave out"
-	@echo "  unreadable images, recorded; mAP marked partial)"
+	@echo "  unreadable images, recorded; mAP marked partial) WORKERS=N (M-data: images at once; default one per core)"
 
 test: ## build the environments once (cached) and run every test suite
 	$(HOSTPY) tests/run.py
@@ -110,7 +110,8 @@ $(1)-om: $(1)-env
 	  --out $(OUT)/$(1)/om --chip $(CHIP) --batch $(BATCH) --device $(DEVICE) $(if $(TUNE),--tune $(TUNE)) $(force_flag)
 $(1)-data: $(1)-env
 	@test -n "$(DATA)" || { echo "error: DATA=<dataset root> is required for $(1)-data" >&2; exit 2; }
-	$$(call run_py,$(1)) tools.$(1) data --data $(DATA) --out $(OUT)/$(1)/data $(force_flag) $(if $(SKIP_BAD),--skip-bad)
+	$$(call run_py,$(1)) tools.$(1) data --data $(DATA) --out $(OUT)/$(1)/data $(force_flag) $(if $(SKIP_BAD),--skip-bad) \
+	  $(if $(WORKERS),--workers $(WORKERS))
 $(1)-infer: $(1)-env
 	$$(call run_py,$(1)) tools.$(1) infer --model $$(call model_file,$(1),$(BATCH)) \
 	  --prep $(OUT)/$(1)/data --out $(OUT)/$(1)/infer --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) $(force_flag)

@@ -161,12 +161,17 @@ def build_app(model: str) -> typer.Typer:
              out: Path = typer.Option(...), limit: Optional[int] = None,
              skip_bad: bool = typer.Option(False, "--skip-bad",
                                            help="leave out unreadable images (recorded; mAP partial)"),
+             workers: int = typer.Option(0, help="images preprocessed at once (0: one per CPU core, at most 8)"),
              force: bool = FORCE) -> None:
         """Preprocess a dataset into .bin tensors + manifest.json + .info files (resumable)."""
         from common.pipeline import preprocess_dataset
 
+        if workers == 0:
+            workers = min(8, os.cpu_count() or 1)
+
         try:
-            m = preprocess_dataset(tool(), data, out, limit=limit, skip_bad=skip_bad, force=force)
+            m = preprocess_dataset(tool(), data, out, limit=limit, skip_bad=skip_bad, force=force,
+                                   workers=workers)
             print(f"{len(m.entries)} tensors in {out}" + (f" ({len(m.skipped)} skipped)" if m.skipped else ""))
         except ToolError as err:
             _fail(err)

@@ -7,12 +7,14 @@ metrics and reports live here once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
@@ -60,12 +62,18 @@ class Progress:
 # --- preprocessing ------------------------------------------------------------------------------
 
 def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
-                       limit: int | None = None, skip_bad: bool = False, force: bool = False) -> Manifest:
+                       limit: int | None = None, skip_bad: bool = False, force: bool = False,
+                       workers: int = 1) -> Manifest:
     """Write ``<out>/<stem>.bin`` for every image, then ``manifest.json`` and the .info files.
 
     Resumable: each finished image is journalled; a rerun skips journalled images whose tensor
     file is complete. Tensors are written atomically, so a killed run never leaves a half file.
+    ``workers`` > 1 preprocesses that many images at once in threads (decoding, resizing and
+    writing release the GIL; ``tool.preprocess`` must be a pure function); results are
+    journalled in dataset order either way, so the output does not depend on it.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ToolError(f"workers={workers!r} is invalid: use 1 (serial) or more")
     spec: ModelSpec = tool.SPEC
     out = Path(out_dir)
     dataset = CocoDataset.open(data_root)
@@ -101,29 +109,18 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
             print(f"resuming: {len(done)} of {len(images)} images already done", file=sys.stderr)
 
     progress = Progress(len(images), f"{spec.name} preprocess")
-    with open(journal, "a") as jf:
-        for n, image in enumerate(images, 1):
-            source = str(image.path)
-            if source in done:
-                continue
-            try:
-                bgr = read_image_bgr(image.path)
-            except ToolError as err:
-                if not skip_bad:
-                    raise
-                rec = {"skipped": True, "source": source, "reason": str(err)}
-            else:
-                tensor, scale, pad = tool.preprocess(bgr)
-                stem = image.path.stem
-                write_tensor(out / f"{stem}.bin", tensor.astype(np_dtype(spec.input.dtype), copy=False))
-                h, w = bgr.shape[:2]
-                rec = {"stem": stem, "source": source, "file": f"{stem}.bin", "orig_size": [w, h],
-                       "scale": list(scale) if isinstance(scale, tuple) else float(scale),
-                       "pad": [int(p) for p in pad], "image_id": image.image_id}
+    todo = [image for image in images if str(image.path) not in done]
+    dtype = np_dtype(spec.input.dtype)
+
+    def one(image) -> dict:
+        return _preprocess_image(tool, image, out, dtype, skip_bad)
+
+    with open(journal, "a") as jf, _ordered_map(workers) as ordered_map:
+        for n, rec in enumerate(ordered_map(one, todo), len(images) - len(todo) + 1):
             jf.write(json.dumps(rec) + "\n")
             jf.flush()
             os.fsync(jf.fileno())
-            done[source] = rec
+            done[rec["source"]] = rec
             progress.update(n)
     progress.update(len(images))
 
@@ -144,6 +141,38 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
         print(f"warning: {len(skipped)} bad image(s) skipped and recorded in {out / MANIFEST_NAME}",
               file=sys.stderr)
     return manifest
+
+
+def _preprocess_image(tool: ModuleType, image, out: Path, dtype, skip_bad: bool) -> dict:
+    """One image -> its tensor file; the journal record (a skipped record for a bad image with skip_bad)."""
+    source = str(image.path)
+    try:
+        bgr = read_image_bgr(image.path)
+    except ToolError as err:
+        if not skip_bad:
+            raise
+        return {"skipped": True, "source": source, "reason": str(err)}
+    tensor, scale, pad = tool.preprocess(bgr)
+    stem = image.path.stem
+    write_tensor(out / f"{stem}.bin", tensor.astype(dtype, copy=False))
+    h, w = bgr.shape[:2]
+    return {"stem": stem, "source": source, "file": f"{stem}.bin", "orig_size": [w, h],
+            "scale": list(scale) if isinstance(scale, tuple) else float(scale),
+            "pad": [int(p) for p in pad], "image_id": image.image_id}
+
+
+@contextlib.contextmanager
+def _ordered_map(workers: int):
+    """``map`` (serial) or a thread pool's order-keeping map; on error or Ctrl-C, queued images are
+    cancelled and only the ones already running finish."""
+    if workers == 1:
+        yield map
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+    try:
+        yield pool.map
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _prod(values) -> int:

@@ -132,3 +132,40 @@ def test_preprocessing_is_deterministic(tiny_tool, coco, tmp_path):
     ta = np.fromfile(tmp_path / "a" / a.entries[0].file, np.float32)
     tb = np.fromfile(tmp_path / "b" / b.entries[0].file, np.float32)
     assert np.array_equal(ta, tb)
+
+
+def test_parallel_workers_write_the_same_dataset_in_the_same_order(tiny_tool, tmp_path):
+    coco = make_mini_coco(tmp_path / "coco", n_images=12, seed=4)
+    serial = pipeline.preprocess_dataset(tiny_tool, coco, tmp_path / "serial")
+    parallel = pipeline.preprocess_dataset(tiny_tool, coco, tmp_path / "parallel", workers=3)
+    assert parallel.entries == serial.entries
+    for e in serial.entries:
+        assert (tmp_path / "parallel" / e.file).read_bytes() == (tmp_path / "serial" / e.file).read_bytes()
+    assert (tmp_path / "parallel" / "tiny.info").read_text() == (
+        tmp_path / "serial" / "tiny.info").read_text().replace("/serial/", "/parallel/")
+
+
+def test_parallel_error_stops_queued_images_and_the_rerun_resumes(tiny_tool, tmp_path):
+    coco = make_mini_coco(tmp_path / "coco", n_images=30, seed=5)
+    bad = sorted((coco / "val2017").glob("*.jpg"))[3]
+    bad.write_bytes(b"garbage")
+    calls = []
+    real = tiny_tool.preprocess
+    tiny_tool.preprocess = lambda bgr: (calls.append(1), real(bgr))[1]
+    out = tmp_path / "prep"
+    with pytest.raises(ToolError, match=bad.name):
+        pipeline.preprocess_dataset(tiny_tool, coco, out, workers=2)
+    assert len(calls) < 29  # queued images were cancelled, not all preprocessed after the error
+    journalled = (out / pipeline.PROGRESS_NAME).read_text().splitlines()
+    assert len(journalled) == 3  # the images before the bad one, in order
+    bad.unlink()
+    good = make_mini_coco(tmp_path / "spare", n_images=1, seed=6)
+    next((good / "val2017").glob("*.jpg")).rename(bad)  # the user replaces the broken file
+    m = pipeline.preprocess_dataset(tiny_tool, coco, out, workers=2)
+    assert len(m.entries) == 30
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_invalid_worker_counts_are_refused(tiny_tool, coco, tmp_path, workers):
+    with pytest.raises(ToolError, match="workers=.* is invalid"):
+        pipeline.preprocess_dataset(tiny_tool, coco, tmp_path / "out", workers=workers)
