@@ -1,4 +1,4 @@
-"""Datasets on disk: COCO val2017 layout discovery and safe image reading."""
+"""Datasets on disk: COCO val2017 and VOC2012 layouts, safe image and label-map reading."""
 
 from __future__ import annotations
 
@@ -56,6 +56,79 @@ class CocoDataset:
         if not any(image_dir.iterdir()):
             raise ToolError(f"image directory {image_dir} is empty: unpack {split}.zip there")
         return cls(root=root, annotation_file=ann, images=images)
+
+
+@dataclass(frozen=True)
+class VocImage:
+    image_id: int  # position in the split list
+    path: Path  # JPEGImages/<name>.jpg
+    label_path: Path  # SegmentationClass/<name>.png
+
+
+@dataclass(frozen=True)
+class VocDataset:
+    """``<root>/JPEGImages``, ``SegmentationClass``, ``ImageSets/Segmentation/<split>.txt`` (VOC2012).
+
+    ``annotation_file`` is the split list: the file that says which images the metric covers.
+    """
+
+    root: Path
+    annotation_file: Path
+    images: tuple[VocImage, ...]
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, split: str = "val") -> VocDataset:
+        root = Path(root)
+        if not root.is_dir():
+            raise ToolError(f"dataset directory {root} not found: pass DATA=<VOC2012 root> (holding JPEGImages/, "
+                            "SegmentationClass/ and ImageSets/Segmentation/)")
+        listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        for needed in (root / "JPEGImages", root / "SegmentationClass"):
+            if not needed.is_dir():
+                raise ToolError(f"{needed} not found: DATA must be a VOC2012 root (VOCdevkit/VOC2012)")
+        if not listing.is_file():
+            raise ToolError(f"split list {listing} not found: it comes with VOC2012 (ImageSets/Segmentation)")
+        try:
+            names = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise ToolError(f"split list {listing} is unreadable ({err}): download VOC2012 again") from None
+        if not names:
+            raise ToolError(f"split list {listing} names no images: is it the right file?")
+        images = tuple(VocImage(i, root / "JPEGImages" / f"{n}.jpg", root / "SegmentationClass" / f"{n}.png")
+                       for i, n in enumerate(names))
+        missing = [im.label_path for im in images if not im.label_path.is_file()]
+        if missing:
+            raise ToolError(f"{len(missing)} label map(s) listed in {listing} are missing, first {missing[0]}: "
+                            "unpack SegmentationClass completely")
+        return cls(root=root, annotation_file=listing, images=images)
+
+
+def open_dataset(kind: str, root: str | os.PathLike) -> CocoDataset | VocDataset:
+    """The dataset a model is evaluated on, by its data file's ``dataset`` (``coco2017-val``, ``voc2012-val``)."""
+    if kind.startswith("coco"):
+        return CocoDataset.open(root)
+    if kind.startswith("voc"):
+        return VocDataset.open(root)
+    raise ToolError(f"unknown dataset kind '{kind}' in the model's data file (valid: coco2017-val, voc2012-val)")
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """A ground-truth label map (palette or grayscale PNG) as class indices, uint8 (H, W).
+
+    PIL, not cv2: cv2 would turn VOC's palette PNGs into colours instead of class indices.
+    """
+    from PIL import Image
+
+    p = Path(path)
+    try:
+        with Image.open(p) as img:
+            if img.mode not in ("P", "L"):
+                raise ToolError(f"label map {p} is a {img.mode} image, not class indices (palette or grayscale PNG)")
+            return np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise ToolError(f"label map {p} not found") from None
+    except (OSError, ValueError) as err:
+        raise ToolError(f"label map {p} is corrupt ({err}): replace it") from None
 
 
 def read_image_bgr(path: str | os.PathLike) -> np.ndarray:

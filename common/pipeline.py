@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
-from common.dataset import CocoDataset, read_image_bgr
+from common.dataset import open_dataset, read_image_bgr
 from common.errors import ToolError
 from common.fsutil import read_json, write_json_atomic
 from common.infofile import write_bin_info, write_info
@@ -76,7 +76,7 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
         raise ToolError(f"workers={workers!r} is invalid: use 1 (serial) or more")
     spec: ModelSpec = tool.SPEC
     out = Path(out_dir)
-    dataset = CocoDataset.open(data_root)
+    dataset = open_dataset(spec.dataset, data_root)
     images = sorted(dataset.images, key=lambda im: im.image_id)[: limit or None]
     run_meta = {"model": spec.name, "dtype": spec.input.dtype, "shape": list(spec.input.shape),
                 "annotation_file": str(dataset.annotation_file), "limit": limit}
@@ -225,11 +225,11 @@ def postprocess_results(tool: ModuleType, manifest: Manifest, result_dir: str | 
 def evaluate(tool: ModuleType, prep_dir: str | os.PathLike, result_dir: str | os.PathLike, out_dir: str | os.PathLike,
              *, target: str, provenance, annotation_file: str | os.PathLike | None = None,
              notes: tuple[str, ...] = (), force: bool = False):
-    """COCO-evaluate a result directory; writes report.json / report.md / detections.json.
+    """Evaluate a result directory (COCO mAP, or VOC mIoU for segmentation); writes report.json /
+    report.md (and detections.json for detectors).
 
     ``provenance`` is a :class:`common.report.Provenance` (what produced the numbers).
     """
-    from common.metrics import CocoEvaluator
     from common.report import DatasetInfo, Report, published_from_spec, write_report
 
     spec: ModelSpec = tool.SPEC
@@ -237,8 +237,30 @@ def evaluate(tool: ModuleType, prep_dir: str | os.PathLike, result_dir: str | os
     if manifest.model != spec.name:
         raise ToolError(f"{prep_dir} was preprocessed for {manifest.model}, not {spec.name}")
     ann = Path(annotation_file or manifest.meta["annotation_file"])
+    if spec.task == "semantic-segmentation":
+        metrics, n_listed = _segmentation_metrics(tool, manifest, result_dir, target)
+        detections = None
+    else:
+        metrics, detections = _coco_metrics(tool, manifest, result_dir, target, ann)
+        n_listed = len(json.loads(ann.read_text()).get("images", [])) if ann.is_file() else 0
+    figures, _, tolerance = published_from_spec(spec.published, where=str(spec.path))
+    dataset = DatasetInfo(path=str(ann), num_images=len(manifest.entries),
+                          partial=len(manifest.entries) < n_listed, skipped=list(manifest.skipped))
+    report = Report(model=spec.name, task=spec.task, metrics=metrics, provenance=provenance, dataset=dataset,
+                    published=figures, tolerance_rel=tolerance, notes=[*notes, f"target: {target}"])
+    out = Path(out_dir)
+    write_report(report, out, force=force)
+    if detections is not None:
+        write_json_atomic(out / "detections.json", detections)
+    return report
+
+
+def _coco_metrics(tool: ModuleType, manifest: Manifest, result_dir, target: str, ann: Path):
+    """(COCO bbox/segm metrics, the detections they were computed from)."""
+    from common.metrics import CocoEvaluator
+
     detections = postprocess_results(tool, manifest, result_dir, target)
-    iou_types = ("bbox", "segm") if spec.task == "instance-segmentation" else ("bbox",)
+    iou_types = ("bbox", "segm") if tool.SPEC.task == "instance-segmentation" else ("bbox",)
     evaluator = CocoEvaluator(ann, iou_types=iou_types)
     evaluator.reset()
     by_image: dict[int, list[dict]] = {e.image_id: [] for e in manifest.entries}
@@ -246,14 +268,25 @@ def evaluate(tool: ModuleType, prep_dir: str | os.PathLike, result_dir: str | os
         by_image[det["image_id"]].append(det)
     for image_id, dets in by_image.items():
         evaluator.process(image_id, dets)
-    metrics = evaluator.evaluate()
-    figures, _, tolerance = published_from_spec(spec.published, where=str(spec.path))
-    n_listed = len(json.loads(ann.read_text()).get("images", [])) if ann.is_file() else 0
-    dataset = DatasetInfo(path=str(ann), num_images=len(manifest.entries),
-                          partial=len(manifest.entries) < n_listed, skipped=list(manifest.skipped))
-    report = Report(model=spec.name, task=spec.task, metrics=metrics, provenance=provenance, dataset=dataset,
-                    published=figures, tolerance_rel=tolerance, notes=[*notes, f"target: {target}"])
-    out = Path(out_dir)
-    write_report(report, out, force=force)
-    write_json_atomic(out / "detections.json", detections)
-    return report
+    return evaluator.evaluate(), detections
+
+
+def _segmentation_metrics(tool: ModuleType, manifest: Manifest, result_dir, target: str):
+    """(VOC mIoU/mAcc/aAcc, number of images the split lists): label maps against the ground truth."""
+    from common.dataset import VocDataset, read_label_png
+    from common.metrics import VocSegEvaluator
+    from common.results import read_results
+
+    dataset = VocDataset.open(manifest.meta["data_root"])
+    labels = {str(im.path): im.label_path for im in dataset.images}
+    results = read_results(result_dir, [e.stem for e in manifest.entries], tool.SPEC.outputs_for(target))
+    evaluator = VocSegEvaluator()
+    progress = Progress(len(manifest.entries), f"{tool.SPEC.name} evaluate")
+    for n, entry in enumerate(manifest.entries, 1):
+        if entry.source not in labels:
+            raise ToolError(f"{entry.source} is not in {dataset.annotation_file}: preprocess and evaluate the "
+                            "same dataset")
+        evaluator.process(entry.stem, (tool.postprocess(results[entry.stem], entry, target),
+                                       read_label_png(labels[entry.source])))
+        progress.update(n)
+    return evaluator.evaluate(), len(dataset.images)
