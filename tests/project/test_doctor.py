@@ -39,11 +39,14 @@ def host(tmp_path, monkeypatch):
     return bin_dir
 
 
+TOOL_ENVS = ", ".join(n for n in envs.known_envs() if not n.startswith("common-"))  # base and the tools
+
+
 def test_report_names_each_gap_and_its_fix(host):
     lines, usable = doctor.report()
     text = "\n".join(lines)
     assert usable
-    assert "ok  Python 3.9 for base, efficientdet, fcos: /opt/python3.9" in text
+    assert f"ok  Python 3.9 for {TOOL_ENVS}: /opt/python3.9" in text
     assert "--  fcos: not built yet: `python3 -m common.envs ensure fcos`" in text
     assert "no engine answers: make uses RUNNER=venv" in text
     assert f"ok  atc: {host / 'atc'}" in text and "--  aoe: not found" in text
@@ -68,7 +71,7 @@ def test_missing_tool_python_makes_the_host_unusable_but_a_test_only_one_does_no
     monkeypatch.setattr(envs, "find_python", none)
     lines, usable = doctor.report()
     assert not usable
-    assert "  NO  Python 3.9 for base, efficientdet, fcos: Python 3.9 not found: install it" in "\n".join(lines)
+    assert f"  NO  Python 3.9 for {TOOL_ENVS}: Python 3.9 not found: install it" in "\n".join(lines)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
