@@ -6,7 +6,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 MODELS       := maskrcnn efficientdet retinamask pspnet fcos
-READY_MODELS := efficientdet fcos
+# tools whose model.toml says status = "ready" (the data file is the one source of that fact)
+READY_MODELS := $(patsubst tools/%/model.toml,%,$(shell grep -l '^status *= *"ready"' tools/*/model.toml))
 STEPS        := env image onnx om data infer eval perf all
 
 HOSTPY  ?= python3
@@ -84,7 +85,7 @@ lint: ## ruff over the project
 doctor: ## what this host can run (Python, venvs, Docker, CANN, NPUs) and how to fix each gap
 	$(HOSTPY) -m common.doctor
 
-demo: ## whole pipeline for DEMO_MODEL (random weights + mini COCO unless WEIGHTS= and DATA=)
+demo: ## whole pipeline for DEMO_MODEL (random weights + a generated mini set unless WEIGHTS= and DATA=)
 	$(MAKE) $(DEMO_MODEL)-env
 	$(call run_py,$(DEMO_MODEL)) tools.$(DEMO_MODEL) demo --out $(OUT)/demo/$(DEMO_MODEL) \
 	  $(weights_flag) $(if $(DATA),--data $(DATA)) --chip $(CHIP) --force

@@ -157,7 +157,7 @@ def build_app(model: str) -> typer.Typer:
             _fail(err)
 
     @app.command()
-    def data(data: Path = typer.Option(..., help="COCO root (val2017/ + annotations/)"),
+    def data(data: Path = typer.Option(..., help="COCO root (val2017/ + annotations/) or VOC2012 root"),
              out: Path = typer.Option(...), limit: Optional[int] = None,
              skip_bad: bool = typer.Option(False, "--skip-bad",
                                            help="leave out unreadable images (recorded; mAP partial)"),
@@ -237,7 +237,7 @@ def build_app(model: str) -> typer.Typer:
     @app.command()
     def demo(out: Path = typer.Option(Path("out/demo"), help="output directory"),
              weights: Optional[Path] = typer.Option(None, help="real checkpoint (default: random weights)"),
-             data: Optional[Path] = typer.Option(None, help="real COCO root (default: generated mini set)"),
+             data: Optional[Path] = typer.Option(None, help="real COCO/VOC root (default: generated mini set)"),
              images: int = 4, chip: str = "310P3", target: str = "ascend", force: bool = FORCE) -> None:
         """Whole pipeline: export -> atc command -> onnxruntime -> postprocess -> report."""
         from common.demo import run_demo

@@ -27,6 +27,7 @@ def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: P
              n_images: int = 4, chip: str = "310P3", target: str = "ascend", force: bool = False):
     from common.cli import provenance
     from common.demococo import make_mini_coco
+    from common.demovoc import make_mini_voc
     from common.pipeline import evaluate, preprocess_dataset, run_inference
     from common.weights import describe_weights, fetch, weights_record
 
@@ -43,7 +44,10 @@ def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: P
         print(f"random-weight checkpoint (upstream format): {weights}", file=sys.stderr)
     else:
         weights = fetch(spec.weights, weights)
-    if data is None:
+    if data is None and spec.dataset.startswith("voc"):
+        data = make_mini_voc(out / "mini_voc", n_images=n_images)
+        print(f"synthetic VOC2012-layout set ({n_images} images): {data}", file=sys.stderr)
+    elif data is None:
         data = make_mini_coco(out / "mini_coco", n_images=n_images)
         print(f"synthetic COCO-format set ({n_images} images): {data}", file=sys.stderr)
 
@@ -71,7 +75,7 @@ def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: P
     _step("inference (onnxruntime, CPU)")
     results = run_inference(spec, onnx_path, prep, out / "infer", backend="onnxruntime", batch=1, force=True)
 
-    _step("postprocess + COCO evaluation")
+    _step("postprocess + evaluation")
     prov = provenance("onnxruntime", 1, "cpu", onnx_path)
     prov.weights = describe_weights(parity["weights"])
     report = evaluate(tool, prep, results, out / "eval", target=target, provenance=prov,

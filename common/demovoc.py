@@ -33,8 +33,11 @@ def voc_palette() -> list[int]:
 
 def make_mini_voc(root: str | os.PathLike, *, n_images: int = 4, seed: int = 0,
                   size_range: tuple[int, int] = (160, 320), max_objects: int = 3, num_classes: int = 21,
-                  band: int = 2) -> Path:
-    """Write ``root/JPEGImages``, ``root/SegmentationClass`` and ``root/ImageSets/Segmentation/val.txt``."""
+                  band: int = 2, sizes: list[tuple[int, int]] | None = None) -> Path:
+    """Write ``root/JPEGImages``, ``root/SegmentationClass`` and ``root/ImageSets/Segmentation/val.txt``.
+
+    ``sizes`` ((height, width) per image, cycled) replaces random sizes from ``size_range``.
+    """
     import cv2
     from PIL import Image
 
@@ -46,6 +49,8 @@ def make_mini_voc(root: str | os.PathLike, *, n_images: int = 4, seed: int = 0,
     for i in range(n_images):
         name = f"2007_{i:06d}"
         h, w = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
+        if sizes:
+            h, w = sizes[i % len(sizes)]
         img = np.full((h, w, 3), rng.integers(0, 256, size=3), dtype=np.uint8)
         label = np.zeros((h, w), dtype=np.uint8)
         for _ in range(int(rng.integers(1, max_objects + 1))):

@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 #: the package that proves a tool's environment is the running one
-TOOL_MARKER_PACKAGE = {"efficientdet": "effdet", "fcos": "mmdet"}
+TOOL_MARKER_PACKAGE = {"efficientdet": "effdet", "fcos": "mmdet", "pspnet": "mmseg"}
 _left_out: list[str] = []
 #: what the base environment provides; missing any of them means "not a project interpreter"
 BASE_PACKAGES = ("numpy", "onnx", "onnxruntime")  # torch-free suites (py3.12) have these too

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 from common import envs  # noqa: E402  (stdlib-only module, runs on the host interpreter)
 
 SUITES = [("base", ["tests/common", "tests/project"]), ("common-py312", ["tests/common"])] + [
-    (m, [f"tests/{m}"]) for m in ("efficientdet", "fcos")
+    (m, [f"tests/{m}"]) for m in ("efficientdet", "fcos", "pspnet")
 ]
 
 

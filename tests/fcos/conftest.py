@@ -6,26 +6,17 @@ reduced 256x416 canvas (``small_canvas``); the full-size export is a ``slow`` te
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-
 import pytest
 
+from tests import toolhelpers
 from tools.fcos import tool
 
 SMALL_HW = (256, 416)
 
 
-@contextlib.contextmanager
 def canvas(height: int, width: int):
-    """Run with the model input shape set to (3, height, width) (everything reads ``tool.SPEC``)."""
-    original = tool.SPEC
-    small_input = dataclasses.replace(original.input, shape=(3, height, width))
-    tool.SPEC = dataclasses.replace(original, input=small_input)
-    try:
-        yield tool.SPEC
-    finally:
-        tool.SPEC = original
+    """The FCOS tool at another input size (see tests.toolhelpers.canvas)."""
+    return toolhelpers.canvas(tool, height, width)
 
 
 @pytest.fixture(scope="session")

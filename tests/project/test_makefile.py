@@ -33,9 +33,9 @@ def test_help_lists_every_target_of_every_model():
 
 
 def test_planned_tool_targets_fail_clearly():
-    proc = make("pspnet-onnx")
+    proc = make("maskrcnn-onnx")
     assert proc.returncode != 0
-    assert "the pspnet tool is planned" in proc.stderr
+    assert "the maskrcnn tool is planned" in proc.stderr
 
 
 def test_venv_runner_uses_the_tool_environment():
@@ -117,3 +117,10 @@ def test_all_continues_where_it_stopped_and_force_redoes_everything(tmp_path):
     _, steps = run_all("FORCE=1")
     assert steps == ["export", "data", "infer", "eval"]
     assert all("--force" in line for line in log.read_text().splitlines())
+
+
+def test_ready_tools_in_make_are_the_data_files_ready_ones():
+    from common.spec import load_spec
+
+    ready = sorted(m for m in MODELS if load_spec(m).status == "ready")
+    assert f"Ready: {' '.join(ready)};" in make("help").stdout
