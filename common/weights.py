@@ -17,7 +17,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from common.errors import ToolError
 from common.fsutil import atomic_path
@@ -201,3 +201,33 @@ def check_keys(expected: Iterable[str], got: Iterable[str], path: str | os.PathL
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected: {show(unexpected)}")
         raise ToolError(f"checkpoint {path} does not fit the model ({'; '.join(parts)}): wrong file or model")
+
+
+def fill_bn_counters(state_dict: Mapping[str, object], expected: Mapping[str, object]) -> dict[str, object]:
+    """Add BatchNorm ``num_batches_tracked`` counters the model has but the file lacks.
+
+    They only count training steps (eval-mode BN never reads them); files saved before torch 0.4.1
+    have none. Every other missing key stays missing and is refused by the key check.
+    """
+    out = dict(state_dict)
+    for key, value in expected.items():
+        if key.endswith(".num_batches_tracked") and key not in out:
+            out[key] = value.clone() if hasattr(value, "clone") else value
+    return out
+
+
+def load_checked(model, state_dict: Mapping[str, object], path: str | os.PathLike, *, variant_hint: str):
+    """Load a checkpoint's tensors into ``model`` only if keys and shapes all fit; eval mode.
+
+    ``variant_hint`` ends the wrong-shape error, e.g. "another FCOS variant (the GN head?)".
+    """
+    expected = model.state_dict()
+    state = fill_bn_counters(state_dict, expected)
+    check_keys(expected.keys(), state.keys(), path)
+    wrong = [f"{k} {list(v.shape)} (model {list(expected[k].shape)})" for k, v in state.items()
+             if tuple(getattr(v, "shape", ())) != tuple(expected[k].shape)]
+    if wrong:
+        raise ToolError(f"checkpoint {path} has tensors of the wrong shape ({'; '.join(wrong[:4])}): "
+                        f"it is {variant_hint}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()

@@ -141,3 +141,17 @@ def test_reports_find_the_export_record_beside_onnx_and_om_files(tmp_path):
     (tmp_path / "m_ascend_bs1.parity.json").write_text(json.dumps({"ok": True, "weights": record}))
     (tmp_path / "m_bs1_Ascend310P3.source.json").write_text(json.dumps({"onnx": str(onnx_file), "weights": record}))
     assert cli._weights_of(onnx_file) == record == cli._weights_of(om_file)
+
+
+def test_load_checked_fills_bn_counters_and_refuses_wrong_shapes(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    state = {k: v.clone() + 1 for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    loaded = weights.load_checked(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)),
+                                  state, tmp_path / "w.pth", variant_hint="another toy")
+    assert not loaded.training and torch.equal(loaded[0].weight, state["0.weight"])
+    state["1.weight"] = torch.ones(5)
+    with pytest.raises(ToolError, match=r"1.weight \[5\] \(model \[4\]\).*it is another toy"):
+        weights.load_checked(model, state, tmp_path / "w.pth", variant_hint="another toy")
+    del state["1.weight"]
+    with pytest.raises(ToolError, match="1 missing: 1.weight"):
+        weights.load_checked(model, state, tmp_path / "w.pth", variant_hint="another toy")

@@ -62,20 +62,6 @@ def downgrade_to_v1_keys(state_dict: Mapping[str, object]) -> OrderedDict[str, o
     return out
 
 
-def fill_bn_counters(state_dict: Mapping[str, object],
-                     expected: Mapping[str, object]) -> OrderedDict[str, object]:
-    """Add BatchNorm ``num_batches_tracked`` counters the model has but the file lacks.
-
-    They only count training steps (eval-mode BN never reads them); files saved before torch 0.4.1
-    have none. Every other missing key stays missing and is refused by the key check.
-    """
-    out: OrderedDict[str, object] = OrderedDict(state_dict)
-    for key, value in expected.items():
-        if key.endswith("." + BN_COUNTER) and key not in out:
-            out[key] = value.clone() if hasattr(value, "clone") else value
-    return out
-
-
 def random_state_dict(model_state: Mapping[str, object], seed: int = 0) -> OrderedDict[str, object]:
     """Random tensors for every entry of ``model_state``, scaled so the random detector detects.
 

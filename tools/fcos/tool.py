@@ -72,21 +72,11 @@ def random_checkpoint(path: Path, seed: int = 0) -> Path:
 
 def load_model(weights: Path):
     """The upstream detector with the checkpoint's weights (v1 names upgraded, keys checked), eval mode."""
-    from common.weights import check_keys, load_state_dict
-    from tools.fcos.checkpoint import fill_bn_counters, upgrade_v1_keys
+    from common.weights import load_checked, load_state_dict
+    from tools.fcos.checkpoint import upgrade_v1_keys
 
-    state = upgrade_v1_keys(load_state_dict(weights))
-    model = build_detector()
-    expected = model.state_dict()
-    state = fill_bn_counters(state, expected)
-    check_keys(expected.keys(), state.keys(), weights)
-    wrong = [f"{k} {list(v.shape)} (model {list(expected[k].shape)})" for k, v in state.items()
-             if tuple(getattr(v, "shape", ())) != tuple(expected[k].shape)]
-    if wrong:
-        raise ToolError(f"checkpoint {weights} has tensors of the wrong shape ({'; '.join(wrong[:4])}): "
-                        "it is another FCOS variant (e.g. the GN head or another class count)")
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_checked(build_detector(), upgrade_v1_keys(load_state_dict(weights)), weights,
+                        variant_hint="another FCOS variant (e.g. the GN head or another class count)")
 
 
 # --------------------------------------------------------------------------- export

@@ -121,24 +121,10 @@ def _voc_classes() -> tuple[str, ...]:
 
 def load_model(weights: Path):
     """The upstream segmentor with the checkpoint's weights (keys and shapes checked), eval mode."""
-    import torch
+    from common.weights import load_checked, load_state_dict
 
-    from common.weights import check_keys, load_state_dict
-
-    state = dict(load_state_dict(weights))
-    model = build_segmentor()
-    expected = model.state_dict()
-    for key, value in expected.items():  # BN step counters only count training steps; older files lack them
-        if key.endswith(".num_batches_tracked") and key not in state:
-            state[key] = torch.zeros_like(value)
-    check_keys(expected.keys(), state.keys(), weights)
-    wrong = [f"{k} {list(v.shape)} (model {list(expected[k].shape)})" for k, v in state.items()
-             if tuple(getattr(v, "shape", ())) != tuple(expected[k].shape)]
-    if wrong:
-        raise ToolError(f"checkpoint {weights} has tensors of the wrong shape ({'; '.join(wrong[:4])}): "
-                        "it is another PSPNet variant (e.g. another dataset's class count)")
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_checked(build_segmentor(), load_state_dict(weights), weights,
+                        variant_hint="another PSPNet variant (e.g. another dataset's class count)")
 
 
 # --------------------------------------------------------------------------- export-time fix
