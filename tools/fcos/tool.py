@@ -19,7 +19,7 @@ from common.errors import ToolError
 from common.fsutil import atomic_path
 from common.metrics import COCO80_CATEGORY_IDS, to_coco_results
 from common.spec import load_spec
-from common.tensors import ManifestEntry, np_dtype
+from common.tensors import ManifestEntry, centred_letterbox, np_dtype
 
 SPEC = load_spec("fcos")
 TARGETS = ("ascend", "onnx")
@@ -186,10 +186,7 @@ def letterbox_geometry(height: int, width: int) -> tuple[int, int, int, int]:
     centred (recipe), mmdet pads bottom-right.
     """
     _, canvas_h, canvas_w = SPEC.input.shape
-    scale = min(canvas_w / width, canvas_h / height)
-    new_w = min(max(int(width * scale + 0.5), 1), canvas_w)
-    new_h = min(max(int(height * scale + 0.5), 1), canvas_h)
-    return new_h, new_w, (canvas_h - new_h) // 2, (canvas_w - new_w) // 2
+    return centred_letterbox(height, width, canvas_h, canvas_w)
 
 
 def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:

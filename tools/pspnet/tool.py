@@ -19,7 +19,7 @@ import numpy as np
 from common.errors import ToolError
 from common.fsutil import atomic_path
 from common.spec import load_spec
-from common.tensors import ManifestEntry, np_dtype
+from common.tensors import ManifestEntry, centred_letterbox, np_dtype
 
 SPEC = load_spec("pspnet")
 TARGETS = ("ascend", "onnx")  # no custom op in this graph: both targets export the same standard ONNX
@@ -276,13 +276,9 @@ def atc_out_nodes(onnx_path: Path) -> list[str]:
 # --------------------------------------------------------------------------- pre/post-processing
 
 def letterbox_geometry(height: int, width: int) -> tuple[int, int, int, int]:
-    """(new_h, new_w, top, left): scale = min(500/w, 500/h), sides rounded as mmcv.rescale_size,
-    the image centred (recipe; mmseg's own Pad would pad bottom-right)."""
+    """(new_h, new_w, top, left) in the 500x500 canvas (the recipe's centred letterbox)."""
     _, canvas_h, canvas_w = SPEC.input.shape
-    scale = min(canvas_w / width, canvas_h / height)
-    new_w = min(max(int(width * scale + 0.5), 1), canvas_w)
-    new_h = min(max(int(height * scale + 0.5), 1), canvas_h)
-    return new_h, new_w, (canvas_h - new_h) // 2, (canvas_w - new_w) // 2
+    return centred_letterbox(height, width, canvas_h, canvas_w)
 
 
 def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
