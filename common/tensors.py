@@ -128,14 +128,3 @@ class Manifest:
         except (KeyError, TypeError) as err:
             raise ToolError(f"manifest {path} is malformed ({err}): rerun the data step with --force") from None
 
-
-def centred_letterbox(height: int, width: int, canvas_h: int, canvas_w: int) -> tuple[int, int, int, int]:
-    """(new_h, new_w, top, left) of an image fitted into the canvas, keeping its aspect ratio.
-
-    scale = min(canvas_w / w, canvas_h / h); sides round as mmcv.rescale_size (``int(x + 0.5)``);
-    the image is centred, as the Ascend recipes pad (mmdet/mmseg pad bottom-right).
-    """
-    scale = min(canvas_w / width, canvas_h / height)
-    new_w = min(max(int(width * scale + 0.5), 1), canvas_w)
-    new_h = min(max(int(height * scale + 0.5), 1), canvas_h)
-    return new_h, new_w, (canvas_h - new_h) // 2, (canvas_w - new_w) // 2

@@ -17,9 +17,10 @@ import numpy as np
 
 from common.errors import ToolError
 from common.fsutil import atomic_path
+from common.letterbox import centred_letterbox, letterbox_tensor
 from common.metrics import COCO80_CATEGORY_IDS, to_coco_results
 from common.spec import load_spec
-from common.tensors import ManifestEntry, centred_letterbox, np_dtype
+from common.tensors import ManifestEntry, np_dtype
 
 SPEC = load_spec("fcos")
 TARGETS = ("ascend", "onnx")
@@ -195,22 +196,7 @@ def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], 
     Resize bilinear (cv2, as mmcv.imresize), subtract the caffe BGR mean (std 1), zero padding
     around the centred image (zero after normalisation, like mmdet's Pad).
     """
-    import cv2
-
-    img = np.asarray(image_bgr)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or 0 in img.shape:
-        raise ToolError(f"preprocess wants a BGR uint8 image (H, W, 3), got {img.dtype} {list(img.shape)}")
-    c, canvas_h, canvas_w = SPEC.input.shape
-    height, width = img.shape[:2]
-    new_h, new_w, top, left = letterbox_geometry(height, width)
-    resized = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-    mean = np.asarray(SPEC.input.mean, np.float32)
-    std = np.asarray(SPEC.input.std, np.float32)
-    canvas = np.zeros((canvas_h, canvas_w, c), np.float32)
-    canvas[top:top + new_h, left:left + new_w] = (resized - mean) / std
-    tensor = np.ascontiguousarray(canvas.transpose(2, 0, 1)).astype(np_dtype(SPEC.input.dtype), copy=False)
-    pad = (left, top, canvas_w - new_w - left, canvas_h - new_h - top)
-    return tensor, (new_w / width, new_h / height), pad
+    return letterbox_tensor(image_bgr, SPEC.input)
 
 
 def _scale_xy(entry: ManifestEntry) -> tuple[float, float]:

@@ -18,8 +18,9 @@ import numpy as np
 
 from common.errors import ToolError
 from common.fsutil import atomic_path
+from common.letterbox import centred_letterbox, letterbox_tensor
 from common.spec import load_spec
-from common.tensors import ManifestEntry, centred_letterbox, np_dtype
+from common.tensors import ManifestEntry, np_dtype
 
 SPEC = load_spec("pspnet")
 TARGETS = ("ascend", "onnx")  # no custom op in this graph: both targets export the same standard ONNX
@@ -287,23 +288,7 @@ def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], 
     cv2 bilinear resize (mmcv.imresize), BGR->RGB, ImageNet mean/std, zero padding around the
     centred image; float16 as the recipe writes it (atc --input_fp16_nodes=input).
     """
-    import cv2
-
-    img = np.asarray(image_bgr)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or 0 in img.shape:
-        raise ToolError(f"preprocess wants a BGR uint8 image (H, W, 3), got {img.dtype} {list(img.shape)}")
-    c, canvas_h, canvas_w = SPEC.input.shape
-    height, width = img.shape[:2]
-    new_h, new_w, top, left = letterbox_geometry(height, width)
-    resized = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB).astype(np.float32)
-    mean = np.asarray(SPEC.input.mean, np.float32)
-    std = np.asarray(SPEC.input.std, np.float32)
-    canvas = np.zeros((canvas_h, canvas_w, c), np.float32)
-    canvas[top:top + new_h, left:left + new_w] = (rgb - mean) / std
-    tensor = np.ascontiguousarray(canvas.transpose(2, 0, 1)).astype(np_dtype(SPEC.input.dtype))
-    pad = (left, top, canvas_w - new_w - left, canvas_h - new_h - top)
-    return tensor, (new_w / width, new_h / height), pad
+    return letterbox_tensor(image_bgr, SPEC.input)
 
 
 def postprocess(outputs: list[np.ndarray], entry: ManifestEntry, target: str) -> np.ndarray:
