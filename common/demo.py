@@ -13,7 +13,7 @@ from types import ModuleType
 
 from common import atc
 from common.errors import ToolError
-from common.fsutil import ensure_fresh_output, write_json_atomic
+from common.fsutil import ensure_fresh_output
 
 DEMO_NOTE = ("PIPELINE DEMONSTRATION: random weights and/or synthetic images - "
              "the accuracy below says nothing about the model")
@@ -25,11 +25,12 @@ def _step(title: str) -> None:
 
 def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: Path | None,
              n_images: int = 4, chip: str = "310P3", target: str = "ascend", force: bool = False):
-    from common.cli import provenance
+    from common.cli import export_checked, provenance
     from common.demococo import make_mini_coco
     from common.demovoc import make_mini_voc
     from common.pipeline import evaluate, preprocess_dataset, run_inference
-    from common.weights import describe_weights, fetch, weights_record
+    from common.report import parity_summary, report_location
+    from common.weights import describe_weights, fetch
 
     spec = tool.SPEC
     out = ensure_fresh_output(Path(out), force=force, what="demo directory")
@@ -53,16 +54,13 @@ def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: P
 
     _step(f"export (target {target}, batch 1)")
     onnx_path = out / "onnx" / f"{spec.name}_{target}_bs1.onnx"
-    parity = tool.export(weights, onnx_path, batch=1, target=target)
-    parity["weights"] = weights_record(weights, verified=verified)
-    write_json_atomic(onnx_path.with_suffix(".parity.json"), parity)
-    print(f"{onnx_path}  parity ok={parity.get('ok')}", file=sys.stderr)
-    if not parity.get("ok"):
-        raise ToolError(f"{onnx_path}: ONNX Runtime differs from PyTorch beyond tolerance")
+    parity = export_checked(tool, weights, onnx_path, verified=verified, batch=1, target=target)
+    print(onnx_path, file=sys.stderr)
 
     _step(f"atc (CHIP={chip})")
-    out_nodes = tool.atc_out_nodes(onnx_path) if hasattr(tool, "atc_out_nodes") else None
-    job = atc.build_atc(spec, onnx_path, out / "om", chip=chip, batch=1, out_nodes=out_nodes)
+    input_name, out_nodes = atc.graph_io(spec, onnx_path, target=target, batch=1)
+    job = atc.build_atc(spec, onnx_path, out / "om", chip=chip, batch=1, target=target, out_nodes=out_nodes,
+                        input_name=input_name)
     try:
         atc.run(job, out / "om" / "atc.log", force=True)
     except ToolError as err:
@@ -78,7 +76,9 @@ def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: P
     _step("postprocess + evaluation")
     prov = provenance("onnxruntime", 1, "cpu", onnx_path)
     prov.weights = describe_weights(parity["weights"])
+    prov.parity = parity_summary(parity)
     report = evaluate(tool, prep, results, out / "eval", target=target, provenance=prov,
                       notes=(DEMO_NOTE,) if demo else (), force=True)
     print((out / "eval" / "report.md").read_text())
+    print(report_location(out / "eval"), flush=True)  # last, after every step's stderr lines
     return report

@@ -6,7 +6,9 @@ name up to its first dot (``ais_bench/infer/io_oprations.py: save_tensors_to_fil
 ``benchmark`` tool wrote ``dumpOutput_device<N>/<stem>_<k>.bin`` with 1-based ``k``; we do not read
 that layout, but recognise it to say so. Postprocessing must never guess: a missing, extra or
 wrongly sized file means the directory belongs to another model, batch or run, so it is refused
-with a list of every problem.
+with a list of every problem. A float output holding NaN/inf is refused too, naming the image:
+postprocessing would silently drop such rows (a NaN score fails every ``score > 0`` test) and
+report a lower mAP instead of an error.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ class ResultSet(Mapping[str, list]):
     def __getitem__(self, stem: str) -> list[np.ndarray]:
         if stem not in self._known:
             raise KeyError(stem)
-        return [read_tensor(self.path(stem, k), o.dtype, o.shape) for k, o in enumerate(self.outputs)]
+        arrays = [read_tensor(self.path(stem, k), o.dtype, o.shape) for k, o in enumerate(self.outputs)]
+        for k, (array, out) in enumerate(zip(arrays, self.outputs)):
+            check_finite(array, self.path(stem, k), stem, out.name)
+        return arrays
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._stems)
@@ -58,6 +63,15 @@ class ResultSet(Mapping[str, list]):
 
     def load_all(self) -> dict[str, list[np.ndarray]]:
         return {stem: self[stem] for stem in self._stems}
+
+
+def check_finite(array: np.ndarray, path: Path, stem: str, output: str) -> None:
+    """Refuse a float output with NaN/inf values: no postprocess can tell them from padding."""
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise ToolError(f"image {stem}: output {output} ({path}) holds {bad} NaN/inf value(s): the model "
+                        "overflowed; on Ascend check the ATC precision_mode and mixlist in model.toml, "
+                        "then rerun inference")
 
 
 def result_name(stem: str, k: int) -> str:

@@ -30,7 +30,7 @@ def test_disk_full_names_the_path_and_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fsutil.tempfile, "mkstemp", mkstemp_on_full_disk)
     target = tmp_path / "sub" / "img.bin"
-    with pytest.raises(ToolError, match=rf"disk full while writing {target}"):
+    with pytest.raises(ToolError, match=rf"cannot write {target}: No space left on device: free space"):
         tensors.write_tensor(target, np.zeros(1 << 16, np.float32))
     assert list((tmp_path / "sub").iterdir()) == []
 

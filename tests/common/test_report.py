@@ -36,10 +36,10 @@ def test_compare_exact_boundary_passes_and_just_below_fails():
     assert compare(32.4116, 32.739)["within_tolerance"] is False
 
 
-def test_compare_higher_always_passes_and_is_recorded():
-    c = compare(150.0, 100.0)
-    assert c["within_tolerance"] is True and c["higher"] is True
-    assert c["relative"] == pytest.approx(0.5)
+def test_compare_slightly_higher_passes_and_is_recorded():
+    c = compare(104.0, 100.0)
+    assert c["within_tolerance"] is True and c["higher"] is True and c["suspicious"] is False
+    assert c["relative"] == pytest.approx(0.04)
     equal = compare(33.4, 33.4)
     assert equal["within_tolerance"] is True and equal["higher"] is False and equal["delta"] == 0.0
 
@@ -138,9 +138,9 @@ def test_write_report_markdown_content(tmp_path):
 
 
 def test_higher_is_marked_in_markdown():
-    md = render_markdown(_report(metrics={"bbox_mAP": 40.0},
+    md = render_markdown(_report(metrics={"bbox_mAP": 34.0},
                                  published=[PublishedFigure("bbox_mAP", 33.4, "s")]))
-    assert "| yes (higher) |" in md and "+6.600 (+19.76%)" in md
+    assert "| yes (higher) |" in md and "+0.600 (+1.80%)" in md
 
 
 def test_write_report_refuses_to_overwrite(tmp_path):
