@@ -30,8 +30,17 @@ DEMO_MODEL ?= efficientdet
 RUNNER  ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo venv)
 
 force_flag   = $(if $(FORCE),--force)
+# CHIP in its one spelling (310p3, Ascend310P3 -> Ascend310P3), asked once and only where a .om is named
+SOC          = $(eval SOC := $$(shell $$(HOSTPY) -m common.cann soc '$$(CHIP)' 2>/dev/null))$(SOC)
+# the .om ATC writes for tool $(1) at batch $(2): the export target is in the name (both targets compile)
+om_file      = $(OUT)/$(1)/om/$(1)_$(TARGET)_bs$(2)_$(SOC).om
 # the model file a backend runs for tool $(1) at batch $(2): the .om under ais_bench, else the .onnx
-model_file   = $(if $(filter ais_bench,$(BACKEND)),$(OUT)/$(1)/om/$(1)_bs$(2)_Ascend$(CHIP).om,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(2).onnx)
+model_file   = $(if $(filter ais_bench,$(BACKEND)),$(call om_file,$(1),$(2)),$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(2).onnx)
+# first recipe line of a step: an empty CHIP/BATCH/TARGET/BACKEND is refused (the tool would see a missing
+# argument), and so is an unknown CHIP when the step names a .om ($(1) not empty)
+check_vars   = @for kv in CHIP='$(strip $(CHIP))' BATCH='$(strip $(BATCH))' TARGET='$(strip $(TARGET))' \
+  BACKEND='$(strip $(BACKEND))'; do [ -n "$${kv\#*=}" ] || { echo "error: $${kv%%=*} is empty: give it a value or \
+  leave it out for its default (make help lists them)" >&2; exit 2; }; done $(if $(1),&& $(HOSTPY) -m common.cann soc '$(CHIP)' >/dev/null)
 # M-all: run step $(2) unless its finished output $(1) is there (a rerun continues where it stopped)
 if_missing   = if [ -z "$(FORCE)" ] && [ -e $(1) ]; then echo "$(2): keeping $(1) (FORCE=1 redoes it)"; \
   else $(MAKE) --no-print-directory $(2); fi
@@ -46,8 +55,14 @@ DOCKER_NPU = --device=/dev/davinci$(DEVICE) --device=/dev/davinci_manager --devi
   -v /usr/local/Ascend/ascend-toolkit:/usr/local/Ascend/ascend-toolkit:ro
 ifeq ($(RUNNER),docker)
   run_py = docker run --rm $(DOCKER_NPU) -v $(CURDIR):/workspace -w /workspace $(call image_name,$(1)) python -m
+  # the om step in the tool's image (CANN is mounted there)
+  om_deps = $(1)-env
+  om_py = $(call run_py,$(1))
 else ifeq ($(RUNNER),venv)
   run_py = $$($(HOSTPY) -m common.envs python $(1)) -m
+  # the om step needs only model.toml, the ONNX and atc: the light base environment, never the tool's
+  om_deps =
+  om_py = $(HOSTPY) -m common.envs ensure base >&2 && $(call run_py,base)
 else
   $(error unknown RUNNER '$(RUNNER)' (valid: venv, docker))
 endif
@@ -90,8 +105,8 @@ demo: ## whole pipeline for DEMO_MODEL (random weights + a generated mini set un
 	$(call run_py,$(DEMO_MODEL)) tools.$(DEMO_MODEL) demo --out $(OUT)/demo/$(DEMO_MODEL) \
 	  $(weights_flag) $(if $(DATA),--data $(DATA)) --chip $(CHIP) --force
 
-clean: ## remove $(OUT)
-	rm -rf $(OUT)
+clean: ## remove $(OUT), only when everything in it was made by the tools (never ~, /, the repo)
+	$(HOSTPY) -m common.fsutil clean "$(OUT)"
 
 define ready_model
 $(1)-env:
@@ -104,30 +119,37 @@ $(1)-image:
 	docker build -f docker/Dockerfile --build-arg TOOL=$(1) \
 	  --build-arg PYTHON_VERSION=$$$$($(HOSTPY) -m common.envs python-version $(1)) -t $$(call image_name,$(1)) .
 $(1)-onnx: $(1)-env
+	$$(call check_vars)
 	$$(call run_py,$(1)) tools.$(1) export --out $(OUT)/$(1)/onnx --batch $(BATCH) --target $(TARGET) \
 	  $(weights_flag) $(force_flag) $(if $(DYNAMIC_BATCH),--dynamic-batch) $(if $(NO_VERIFY),--no-verify)
-$(1)-om: $(1)-env
-	$$(call run_py,$(1)) tools.$(1) om --onnx $(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx \
-	  --out $(OUT)/$(1)/om --chip $(CHIP) --batch $(BATCH) --device $(DEVICE) $(if $(TUNE),--tune $(TUNE)) $(force_flag)
+$(1)-om: $$(call om_deps,$(1))
+	$$(call check_vars,om)
+	$$(call om_py,$(1)) common.atc --model $(1) --onnx $(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx \
+	  --target $(TARGET) --out $(OUT)/$(1)/om --chip $(CHIP) --batch $(BATCH) --device $(DEVICE) \
+	  $(if $(TUNE),--tune $(TUNE)) $(force_flag)
 $(1)-data: $(1)-env
 	@test -n "$(DATA)" || { echo "error: DATA=<dataset root> is required for $(1)-data" >&2; exit 2; }
 	$$(call run_py,$(1)) tools.$(1) data --data $(DATA) --out $(OUT)/$(1)/data $(force_flag) $(if $(SKIP_BAD),--skip-bad) \
 	  $(if $(WORKERS),--workers $(WORKERS))
 $(1)-infer: $(1)-env
+	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
 	$$(call run_py,$(1)) tools.$(1) infer --model $$(call model_file,$(1),$(BATCH)) \
 	  --prep $(OUT)/$(1)/data --out $(OUT)/$(1)/infer --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) $(force_flag)
 $(1)-eval: $(1)-env
+	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
 	$$(call run_py,$(1)) tools.$(1) eval --prep $(OUT)/$(1)/data --results $(OUT)/$(1)/infer/$(1)_$(BACKEND)_bs$(BATCH) \
 	  --model $$(call model_file,$(1),$(BATCH)) \
 	  --out $(OUT)/$(1)/eval --target $(TARGET) --backend $(BACKEND) --batch $(BATCH) $(force_flag)
 $(1)-perf: $(1)-env
+	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
 	for b in $(BATCH); do \
-	  $$(call run_py,$(1)) tools.$(1) perf --model $$(if $$(filter ais_bench,$(BACKEND)),$(OUT)/$(1)/om/$(1)_bs$$$${b}_Ascend$(CHIP).om,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$$$${b}.onnx) \
+	  $$(call run_py,$(1)) tools.$(1) perf --model $$(call model_file,$(1),$$$${b}) \
 	    --out $(OUT)/$(1)/perf --backend $(BACKEND) --batch $$$${b} --device $(DEVICE) $(force_flag) || exit $$$$?; \
 	done
 $(1)-all: $(1)-env
+	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
 	@$$(call if_missing,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx,$(1)-onnx)
-	$$(if $$(filter ais_bench,$(BACKEND)),@$$(call if_missing,$(OUT)/$(1)/om/$(1)_bs$(BATCH)_Ascend$(CHIP).om,$(1)-om))
+	$$(if $$(filter ais_bench,$(BACKEND)),@$$(call if_missing,$$(call om_file,$(1),$(BATCH)),$(1)-om))
 	@$$(call if_missing,$(OUT)/$(1)/data/manifest.json,$(1)-data)
 	@$$(call if_missing,$(OUT)/$(1)/infer/$(1)_$(BACKEND)_bs$(BATCH),$(1)-infer)
 	@$$(call if_missing,$(OUT)/$(1)/eval/report.json,$(1)-eval)

@@ -1,11 +1,17 @@
 """ATC (ONNX -> Ascend .om) and AOE tuning command lines, built from the model data file.
 
 The command is always built in full first, so that on a machine without CANN we can still
-print exactly what to run on an Ascend host.
+print exactly what to run on an Ascend host. Everything comes from model.toml and the ONNX file
+(input name and shape, output names), never from the tool's code, so this step runs in the light
+``base`` environment, not the tool's (whose mmcv-full build takes many minutes):
+
+    python -m common.atc --model fcos --onnx out/fcos/onnx/fcos_ascend_bs1.onnx --out out/fcos/om \
+        --chip 310P3 --batch 1 --target ascend
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -17,8 +23,8 @@ from pathlib import Path
 
 from common.cann import set_env_script, soc_version
 from common.errors import ToolError
-from common.fsutil import write_text_atomic
-from common.spec import ModelSpec
+from common.fsutil import os_error_message, write_json_atomic, write_text_atomic
+from common.spec import MODELS, ModelSpec, load_spec
 
 TUNE_JOB_TYPES = {"subgraph": 1, "op": 2}  # AOE --job_type (seed 004 §4)
 
@@ -47,6 +53,14 @@ def _shell_word(arg: str) -> str:
     return shlex.quote(arg)
 
 
+def om_stem(spec: ModelSpec, target: str, batch: int, chip: str) -> str:
+    """``fcos_ascend_bs1_Ascend310P3``: the target is in the name (both targets compile), the chip
+    in its one normalised spelling (so CHIP=310P3 and CHIP=Ascend310P3 name the same file)."""
+    if target not in spec.outputs:
+        raise ToolError(f"unknown TARGET '{target}' (valid: {', '.join(sorted(spec.outputs))})")
+    return f"{spec.name}_{target}_bs{batch}_{soc_version(chip)}"
+
+
 def _common_flags(spec: ModelSpec, onnx_path: Path, chip: str, batch: int, input_name: str | None) -> list[str]:
     c, h, w = spec.input.shape
     name = input_name or spec.input.name
@@ -60,12 +74,12 @@ def _common_flags(spec: ModelSpec, onnx_path: Path, chip: str, batch: int, input
 
 
 def build_atc(spec: ModelSpec, onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, chip: str,
-              batch: int, out_nodes: list[str] | None = None, input_name: str | None = None,
-              log: str = "error") -> CompileJob:
-    """The atc command for this model, chip and batch size, from the [atc] table of model.toml."""
+              batch: int, target: str = "ascend", out_nodes: list[str] | None = None,
+              input_name: str | None = None, log: str = "error") -> CompileJob:
+    """The atc command for this model, target, chip and batch size, from the [atc] table of model.toml."""
     spec.check_batch(batch)
     out_dir = Path(out_dir)
-    prefix = out_dir / f"{spec.name}_bs{batch}_{soc_version(chip)}"
+    prefix = out_dir / om_stem(spec, target, batch, chip)
     argv = ["atc", *_common_flags(spec, Path(onnx_path), chip, batch, input_name), f"--output={prefix}",
             f"--log={log}"]
     side: dict[Path, str] = {}
@@ -85,15 +99,79 @@ def build_atc(spec: ModelSpec, onnx_path: str | os.PathLike, out_dir: str | os.P
 
 
 def build_aoe(spec: ModelSpec, onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, chip: str,
-              batch: int, tune: str, device: int = 0, input_name: str | None = None) -> CompileJob:
+              batch: int, tune: str, target: str = "ascend", device: int = 0,
+              input_name: str | None = None) -> CompileJob:
     """AOE tuning (``aoe --job_type=1`` subgraph / ``2`` operator), which also writes an .om."""
     if tune not in TUNE_JOB_TYPES:
         raise ToolError(f"unknown TUNE '{tune}' (valid: {', '.join(TUNE_JOB_TYPES)})")
     spec.check_batch(batch)
-    prefix = Path(out_dir) / f"{spec.name}_bs{batch}_{soc_version(chip)}_aoe_{tune}"
+    prefix = Path(out_dir) / f"{om_stem(spec, target, batch, chip)}_aoe_{tune}"
     argv = ["aoe", *_common_flags(spec, Path(onnx_path), chip, batch, input_name),
             f"--job_type={TUNE_JOB_TYPES[tune]}", f"--output={prefix}", f"--device={device}"]
     return CompileJob(argv=argv, output=prefix.with_suffix(".om"))
+
+
+def graph_io(spec: ModelSpec, onnx_path: Path, *, target: str, batch: int) -> tuple[str, list[str]]:
+    """(input name, ATC ``--out_nodes``) read from the exported graph, checked against model.toml.
+
+    Out nodes are the graph's output names (never exporter node ids like ``Cast_1673``); a graph
+    whose outputs or input shape differ from what the data file says for this target and batch is
+    another model or another export, and ATC would compile it into a wrong .om.
+    """
+    from common import graph
+
+    model = graph.load(onnx_path)
+    outputs = graph.output_names(model)
+    expected = [o.name for o in spec.outputs_for(target)]
+    if outputs != expected:
+        raise ToolError(f"{onnx_path} has outputs {', '.join(outputs)}, expected {', '.join(expected)}: it is not "
+                        f"a {spec.name} TARGET={target} export of this tool; re-export it")
+    inputs = [i for i in model.graph.input if i.name in graph.input_names(model)]
+    if len(inputs) != 1:
+        raise ToolError(f"{onnx_path} has {len(inputs)} inputs, expected 1: re-export it")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    want = [batch, *spec.input.shape]
+    if len(dims) != len(want) or any(d is not None and d != w for d, w in zip(dims, want)):
+        shown = "x".join("?" if d is None else str(d) for d in dims)
+        raise ToolError(f"{onnx_path} takes input {shown}, expected {'x'.join(map(str, want))} for BATCH={batch}: "
+                        f"export it with BATCH={batch}")
+    return inputs[0].name, outputs
+
+
+def compile_om(spec: ModelSpec, onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, chip: str,
+               batch: int = 1, target: str = "ascend", tune: str | None = None, device: int = 0,
+               force: bool = False) -> Path:
+    """The om step of every tool: ONNX -> .om (ATC, or AOE with ``tune``) + a record of its source.
+
+    Without the ONNX file the command is still built (input and out nodes from model.toml) and
+    shown with the error, so the user sees what will run before exporting.
+    """
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    if onnx_path.is_file():
+        input_name, out_nodes = graph_io(spec, onnx_path, target=target, batch=batch)
+    else:  # the export guarantees these names
+        input_name, out_nodes = spec.input.name, [o.name for o in spec.outputs_for(target)]
+    if tune:
+        job = build_aoe(spec, onnx_path, out_dir, chip=chip, batch=batch, tune=tune, target=target,
+                        device=device, input_name=input_name)
+    else:
+        job = build_atc(spec, onnx_path, out_dir, chip=chip, batch=batch, target=target,
+                        out_nodes=out_nodes or None, input_name=input_name)
+    if not onnx_path.is_file():
+        raise ToolError(f"ONNX model {onnx_path} not found: run `make {spec.name}-onnx"
+                        f"{'' if target == 'ascend' else ' TARGET=' + target}"
+                        f"{'' if batch == 1 else f' BATCH={batch}'}` first; the command this step runs is below",
+                        detail=job.command)
+    built = run(job, out_dir / (job.output.stem + ".log"), force=force)
+    _write_source_record(built, onnx_path)
+    return built
+
+
+def _write_source_record(built: Path, onnx_path: Path) -> None:
+    """Which ONNX (and so which checkpoint) this .om came from, read by the eval report."""
+    from common.cli import _weights_of, export_record_path
+
+    write_json_atomic(export_record_path(built), {"onnx": str(onnx_path), "weights": _weights_of(onnx_path)})
 
 
 def run(job: CompileJob, log_path: str | os.PathLike, *, force: bool = False) -> Path:
@@ -125,3 +203,34 @@ def run(job: CompileJob, log_path: str | os.PathLike, *, force: bool = False) ->
     if not job.output.exists():
         raise ToolError(f"{tool} reported success but {job.output} was not written (log: {log})", detail=tail)
     return job.output
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m common.atc``: the om step of ``make M-om``, in the ``base`` environment."""
+    parser = argparse.ArgumentParser(prog="python -m common.atc", description=main.__doc__)
+    parser.add_argument("--model", required=True, choices=MODELS)
+    parser.add_argument("--onnx", required=True, type=Path, help="the exported ONNX")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the .om, its log and source record")
+    parser.add_argument("--chip", required=True, help="SoC name from `npu-smi info`, e.g. 310P3")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--target", default="ascend", help="the export target of the ONNX: ascend | onnx")
+    parser.add_argument("--tune", help="AOE tuning: subgraph | op")
+    parser.add_argument("--device", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="rebuild an existing .om")
+    args = parser.parse_args(argv)
+    try:
+        print(compile_om(load_spec(args.model), args.onnx, args.out, chip=args.chip, batch=args.batch,
+                         target=args.target, tune=args.tune, device=args.device, force=args.force))
+    except OSError as err:  # a read-only or full OUT: one line naming the path, never a traceback
+        print(f"error: {os_error_message(err, args.out)}", file=sys.stderr)
+        return 2
+    except ToolError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if err.detail:
+            print(err.detail, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,7 @@ Standard library only: the Makefile (default CHIP) and `make doctor` run it on t
 interpreter, before any tool environment exists.
 
     python3 -m common.cann chip      # the host's chip name for CHIP= (exit 1 when none is found)
+    python3 -m common.cann soc CHIP  # CHIP in the one spelling of file names and atc (310p3 -> Ascend310P3)
 """
 
 from __future__ import annotations
@@ -27,12 +28,21 @@ DEFAULT_SET_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
 
 
 def soc_version(chip: str) -> str:
-    """``310P3`` (or ``Ascend310P3``) -> ``Ascend310P3``; unknown chips name the valid ones."""
-    name = chip[len("Ascend"):] if chip.startswith("Ascend") else chip
-    if name not in KNOWN_CHIPS:
+    """Any spelling of a chip (``310P3``, ``Ascend310P3``, ``ascend310p3``) -> ATC's ``Ascend310P3``.
+
+    The one normalised name: ``--soc_version`` wants it, and every .om file name carries it, so
+    ``CHIP=310P3`` and ``CHIP=Ascend310P3`` name the same file. Empty or unknown chips are refused.
+    """
+    text = chip.strip()
+    if not text:
+        raise ToolError("CHIP is empty: set CHIP=<Name column of `npu-smi info`> (e.g. 310P3), "
+                        "or leave it out for this host's chip")
+    name = text[len("ascend"):] if text.lower().startswith("ascend") else text
+    by_lower = {known.lower(): known for known in KNOWN_CHIPS}
+    if name.lower() not in by_lower:
         raise ToolError(
             f"unknown CHIP '{chip}' (valid: {', '.join(KNOWN_CHIPS)}; see the Name column of `npu-smi info`)")
-    return "Ascend" + name
+    return "Ascend" + by_lower[name.lower()]
 
 
 def set_env_script() -> Path | None:
@@ -81,10 +91,21 @@ def detect_chips(timeout: float = 20.0) -> list[NpuChip] | None:
     return parse_npu_smi(proc.stdout) if proc.returncode == 0 else None
 
 
+def _print_soc(chip: str) -> int:
+    try:
+        print(soc_version(chip))
+    except ToolError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 2 and args[0] == "soc":
+        return _print_soc(args[1])
     if args != ["chip"]:
-        print("usage: python3 -m common.cann chip", file=sys.stderr)
+        print("usage: python3 -m common.cann chip | python3 -m common.cann soc CHIP", file=sys.stderr)
         return 2
     chips = detect_chips()
     if not chips:

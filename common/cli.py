@@ -6,7 +6,9 @@ same commands and flags. Expected failures (ToolError) print ``error: ...`` and 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,6 +26,22 @@ def _fail(err: ToolError) -> None:
     if err.detail:
         print(err.detail, file=sys.stderr)
     raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _user_errors(path: Path | None = None):
+    """Expected failures and OS errors (read-only OUT, full disk, permissions) as one ``error:`` line.
+
+    ``path`` (the command's output) is named when the OS error itself names no file.
+    """
+    from common.fsutil import os_error_message
+
+    try:
+        yield
+    except ToolError as err:
+        _fail(err)
+    except OSError as err:
+        _fail(ToolError(os_error_message(err, path)))
 
 
 def _choice(value: str, valid: tuple[str, ...], name: str) -> str:
@@ -55,15 +73,31 @@ def export_record_path(model_file: Path) -> Path:
     return model_file.with_suffix(".parity.json" if model_file.suffix == ".onnx" else ".source.json")
 
 
-def _weights_of(model_file: Path) -> dict | None:
-    """The checkpoint record of the export behind ``model_file`` (None when there is no record)."""
+def _export_record(model_file: Path) -> dict | None:
+    """The JSON beside ``model_file`` (None when there is none)."""
     from common.fsutil import read_json
 
     path = export_record_path(model_file)
     if not path.is_file():
         return None
     record = read_json(path, what="export record")
-    return record.get("weights") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def _weights_of(model_file: Path) -> dict | None:
+    """The checkpoint record of the export behind ``model_file`` (None when there is no record)."""
+    record = _export_record(model_file)
+    return record.get("weights") if record else None
+
+
+def _parity_of(model_file: Path) -> dict | None:
+    """The parity check of the export behind ``model_file``: an .onnx's own, or that of a .om's ONNX."""
+    from common.report import parity_summary
+
+    record = _export_record(model_file)
+    if record and model_file.suffix != ".onnx":
+        record = _export_record(Path(record["onnx"])) if record.get("onnx") else None
+    return parity_summary(record)
 
 
 #: every command that writes results refuses to overwrite them unless asked
@@ -83,12 +117,10 @@ def build_app(model: str) -> typer.Typer:
     def checkpoint(out: Path = typer.Option(..., help="where to write the random-weight checkpoint"),
                    seed: int = 0, force: bool = FORCE) -> None:
         """Write a random-weight checkpoint in the upstream file format (for demos and tests)."""
-        try:
+        with _user_errors(out):
             if out.exists() and not force:
                 raise ToolError(f"{out} already exists: pass --force to overwrite it")
             print(tool().random_checkpoint(out, seed=seed))
-        except ToolError as err:
-            _fail(err)
 
     @app.command()
     def export(out: Path = typer.Option(..., help="output directory"),
@@ -101,10 +133,9 @@ def build_app(model: str) -> typer.Typer:
         """PyTorch checkpoint -> static ONNX (+ parity report against PyTorch)."""
         import inspect
 
-        from common.fsutil import write_json_atomic
-        from common.weights import fetch, weights_record
+        from common.weights import fetch
 
-        try:
+        with _user_errors(out):
             t = tool()
             _choice(target, TARGETS, "TARGET")
             t.SPEC.check_batch(batch)
@@ -118,43 +149,25 @@ def build_app(model: str) -> typer.Typer:
             if path.exists() and not force:
                 raise ToolError(f"{path} already exists: pass --force to overwrite it")
             w = fetch(t.SPEC.weights, weights, verify_checksum=not no_verify)
-            parity = t.export(w, path, batch=batch, target=target, **extra)
-            parity["weights"] = weights_record(w, verified=not no_verify)  # carried into every later report
-            write_json_atomic(path.with_suffix(".parity.json"), parity)
-            print(_format_parity(parity), file=sys.stderr)
-            if not parity.get("ok", False):
-                raise ToolError(f"{path}: ONNX Runtime outputs differ from PyTorch beyond tolerance "
-                                f"(see {path.with_suffix('.parity.json')})")
+            export_checked(t, w, path, verified=not no_verify, batch=batch, target=target, **extra)
             print(path)
-        except ToolError as err:
-            _fail(err)
 
     @app.command()
     def om(onnx: Path = typer.Option(..., help="exported ONNX"), out: Path = typer.Option(...),
            chip: str = typer.Option(..., help="SoC name from `npu-smi info`, e.g. 310P3"),
-           batch: int = 1, tune: Optional[str] = typer.Option(None, help="AOE tuning: subgraph | op"),
+           batch: int = 1, target: str = typer.Option("ascend", help="the ONNX's export target: ascend | onnx"),
+           tune: Optional[str] = typer.Option(None, help="AOE tuning: subgraph | op"),
            device: int = 0, force: bool = FORCE) -> None:
-        """ONNX -> .om with ATC (or AOE tuning); prints the exact command when CANN is absent."""
-        from common import atc
-        from common.fsutil import write_json_atomic
+        """ONNX -> .om with ATC (or AOE tuning); prints the exact command when CANN is absent.
 
-        try:
-            t = tool()
-            if onnx.is_file() and hasattr(t, "atc_out_nodes"):
-                out_nodes = t.atc_out_nodes(onnx)  # from the graph's output names
-            else:  # the export guarantees these names; lets us show the command before exporting
-                out_nodes = [o.name for o in t.SPEC.outputs.get("ascend", ())] or None
-            job = (atc.build_aoe(t.SPEC, onnx, out, chip=chip, batch=batch, tune=tune, device=device) if tune
-                   else atc.build_atc(t.SPEC, onnx, out, chip=chip, batch=batch, out_nodes=out_nodes))
-            if not onnx.is_file():
-                raise ToolError(f"ONNX model {onnx} not found: run `make {model}-onnx` first; "
-                                "the command this step runs is below", detail=job.command)
-            built = atc.run(job, out / (job.output.stem + ".log"), force=force)
-            if built.suffix == ".om":  # which ONNX (and so which checkpoint) this .om came from
-                write_json_atomic(export_record_path(built), {"onnx": str(onnx), "weights": _weights_of(onnx)})
-            print(built)
-        except ToolError as err:
-            _fail(err)
+        The same step as ``python -m common.atc`` (what `make M-om` runs, without this tool's packages).
+        """
+        from common.atc import compile_om
+        from common.spec import load_spec
+
+        with _user_errors(out):
+            print(compile_om(load_spec(model), onnx, out, chip=chip, batch=batch, target=target, tune=tune,
+                             device=device, force=force))
 
     @app.command()
     def data(data: Path = typer.Option(..., help="COCO root (val2017/ + annotations/) or VOC2012 root"),
@@ -169,12 +182,10 @@ def build_app(model: str) -> typer.Typer:
         if workers == 0:
             workers = min(8, os.cpu_count() or 1)
 
-        try:
+        with _user_errors(out):
             m = preprocess_dataset(tool(), data, out, limit=limit, skip_bad=skip_bad, force=force,
                                    workers=workers)
             print(f"{len(m.entries)} tensors in {out}" + (f" ({len(m.skipped)} skipped)" if m.skipped else ""))
-        except ToolError as err:
-            _fail(err)
 
     @app.command()
     def infer(model_file: Path = typer.Option(..., "--model", help=".onnx or .om"),
@@ -184,12 +195,10 @@ def build_app(model: str) -> typer.Typer:
         """Run inference; writes ais_bench's layout (<out>/<dirname>/<stem>_<k>.bin + summary)."""
         from common.pipeline import run_inference
 
-        try:
+        with _user_errors(out):
             _choice(backend, BACKENDS, "BACKEND")
             print(run_inference(tool().SPEC, model_file, prep, out, backend=backend, batch=batch,
                                 device=device, force=force))
-        except ToolError as err:
-            _fail(err)
 
     @app.command(name="eval")
     def evaluate_cmd(prep: Path = typer.Option(...), results: Path = typer.Option(..., help="result directory"),
@@ -199,22 +208,23 @@ def build_app(model: str) -> typer.Typer:
                      model_file: Optional[Path] = typer.Option(None, "--model"), force: bool = FORCE) -> None:
         """Postprocess results and evaluate (COCO mAP); report.json + report.md beside the published figures."""
         from common.pipeline import evaluate
+        from common.report import report_location
         from common.weights import describe_weights
 
-        try:
+        with _user_errors(out):
             _choice(target, TARGETS, "TARGET")
             prov = provenance(backend, batch, device, model_file)
             notes: tuple[str, ...] = ()
             if model_file is not None:
                 record = _weights_of(model_file)
                 prov.weights = describe_weights(record)
+                prov.parity = _parity_of(model_file)
                 if record and not record.get("verified"):
                     notes = (f"UNVERIFIED WEIGHTS: {prov.weights}",)
             evaluate(tool(), prep, results, out, target=target, annotation_file=annotations,
                      provenance=prov, notes=notes, force=force)
             print((out / "report.md").read_text())
-        except ToolError as err:
-            _fail(err)
+            print(report_location(out))
 
     @app.command()
     def perf(model_file: Path = typer.Option(..., "--model"), out: Path = typer.Option(...),
@@ -227,26 +237,24 @@ def build_app(model: str) -> typer.Typer:
         """
         from common.perf import measure_throughput
 
-        try:
+        with _user_errors(out):
             _choice(backend, BACKENDS, "BACKEND")
             print(measure_throughput(tool().SPEC, model_file, out, backend=backend, batches=batch,
                                      device=device, loop=loop, prep_dir=prep, force=force, argv=command_argv()))
-        except ToolError as err:
-            _fail(err)
 
     @app.command()
-    def demo(out: Path = typer.Option(Path("out/demo"), help="output directory"),
+    def demo(out: Optional[Path] = typer.Option(None, help=f"output directory (default: out/demo/{model}, "
+                                                      "as `make demo`)"),
              weights: Optional[Path] = typer.Option(None, help="real checkpoint (default: random weights)"),
              data: Optional[Path] = typer.Option(None, help="real COCO/VOC root (default: generated mini set)"),
              images: int = 4, chip: str = "310P3", target: str = "ascend", force: bool = FORCE) -> None:
         """Whole pipeline: export -> atc command -> onnxruntime -> postprocess -> report."""
         from common.demo import run_demo
 
-        try:
+        out = out or Path("out") / "demo" / model
+        with _user_errors(out):
             run_demo(tool(), out, weights=weights, data=data, n_images=images, chip=chip, target=target,
                      force=force)
-        except ToolError as err:
-            _fail(err)
 
     return app
 
@@ -273,5 +281,40 @@ def _num(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def export_checked(t, weights: Path, path: Path, *, verified: bool, **options) -> dict:
+    """Export into a staging folder; the ONNX takes its final name only when parity holds.
+
+    A model file under its final name is taken as finished (``make M-all`` keeps it), so a failed
+    export leaves its parity report as ``<stem>.parity-failed.json`` and no model file.
+    """
+    from common.fsutil import make_temp_dir, write_json_atomic
+    from common.weights import weights_record
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = make_temp_dir(path.parent, prefix=f".{path.stem}.")
+    try:
+        parity = t.export(weights, staging / path.name, **options)
+        parity["weights"] = weights_record(weights, verified=verified)  # carried into every later report
+        print(_format_parity(parity), file=sys.stderr)
+        failed = path.with_name(f"{path.stem}.parity-failed.json")
+        if not parity.get("ok", False):
+            write_json_atomic(failed, parity)
+            raise ToolError(f"{path.name}: ONNX Runtime outputs differ from PyTorch beyond tolerance, so no "
+                            f"model file was written (see {failed})")
+        write_json_atomic(path.with_suffix(".parity.json"), parity)
+        os.replace(staging / path.name, path)
+        failed.unlink(missing_ok=True)
+        return parity
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def main_for(model: str) -> None:
-    build_app(model)(prog_name=f"python -m tools.{model}")
+    """Run the CLI; an OS error no command turned into a ToolError still gets one ``error:`` line."""
+    from common.fsutil import os_error_message
+
+    try:
+        build_app(model)(prog_name=f"python -m tools.{model}")
+    except OSError as err:
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
+        sys.exit(2)

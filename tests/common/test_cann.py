@@ -103,3 +103,16 @@ def test_soc_version_and_set_env_live_here(tmp_path, monkeypatch):
     (tmp_path / "ascend-toolkit" / "set_env.sh").write_text("")
     monkeypatch.setenv("ASCEND_TOOLKIT_HOME", str(latest))  # set_env.sh sits one level up in CANN installs
     assert cann.set_env_script() == tmp_path / "ascend-toolkit" / "set_env.sh"
+
+
+def test_soc_command_gives_the_one_spelling_or_a_clear_error():
+    """`python3 -m common.cann soc CHIP`: what the Makefile names .om files with."""
+    def soc(chip):
+        return subprocess.run([sys.executable, "-m", "common.cann", "soc", chip], cwd=REPO, capture_output=True,
+                              text=True)
+    assert [soc(c).stdout for c in ("310P3", "Ascend310P3", "ascend310p3")] == ["Ascend310P3\n"] * 3
+    empty = soc("")
+    assert empty.returncode == 2 and empty.stderr.startswith("error: CHIP is empty: ") and empty.stdout == ""
+    unknown = soc("311")
+    assert unknown.returncode == 2 and "error: unknown CHIP '311'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr

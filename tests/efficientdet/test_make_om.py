@@ -10,22 +10,27 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from common.spec import load_spec
 from tests.makehelpers import run_make as make
+
+SPEC = load_spec("efficientdet")
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
 
 
-def _placeholder_onnx(path: Path) -> None:
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 512, 512])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 512, 512])
-    g = helper.make_graph([helper.make_node("Identity", ["input"], ["y"])], "g", [x], [y])
+def _placeholder_onnx(path: Path, batch: int = 1) -> None:
+    """The export's input and output names and shapes: all that the om step reads from the graph."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 512, 512])
+    names = [o.name for o in SPEC.outputs_for("ascend")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, 3, 512, 512]) for n in names]
+    g = helper.make_graph([helper.make_node("Identity", ["input"], [n]) for n in names], "g", [x], outs)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(helper.make_model(g), path)
 
 
 def test_without_cann_prints_the_exact_atc_command(tmp_path):
     onnx_path = tmp_path / "efficientdet" / "onnx" / "efficientdet_ascend_bs4.onnx"
-    _placeholder_onnx(onnx_path)
+    _placeholder_onnx(onnx_path, batch=4)
     proc = make("efficientdet-om", "CHIP=310P3", "BATCH=4", out=tmp_path)
     assert proc.returncode != 0
     assert "error: atc not found" in proc.stderr
@@ -63,6 +68,6 @@ def test_om_records_the_onnx_and_checkpoint_it_came_from(tmp_path):
     (toolkit / "set_env.sh").write_text(f"export PATH={toolkit / 'bin'}:$PATH\n")
     proc = make("efficientdet-om", "CHIP=310P3", out=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    om = tmp_path / "efficientdet" / "om" / "efficientdet_bs1_Ascend310P3.om"
+    om = tmp_path / "efficientdet" / "om" / "efficientdet_ascend_bs1_Ascend310P3.om"
     record = json.loads(om.with_suffix(".source.json").read_text())
     assert record == {"onnx": str(onnx_path), "weights": weights}

@@ -34,13 +34,13 @@ def test_fcos_om_builds_the_atc_command_from_the_graph(tmp_path):
     cmd = next(line for line in proc.stderr.splitlines() if line.startswith("atc "))
     expected = ["atc", "--framework=5", f"--model={onnx_path}", "--input_format=NCHW",
                 "--input_shape=input:1,3,800,1333", "--soc_version=Ascend310P3",
-                f"--output={tmp_path}/fcos/om/fcos_bs1_Ascend310P3", "--log=error", '--out_nodes="dets;labels"']
+                f"--output={tmp_path}/fcos/om/fcos_ascend_bs1_Ascend310P3", "--log=error", '--out_nodes="dets;labels"']
     assert cmd.split() == expected
 
 
 def test_fcos_om_refuses_a_graph_with_other_outputs(tmp_path):
-    _graph_with_outputs(tmp_path / "fcos" / "onnx" / "fcos_ascend_bs4.onnx", ["Cast_1673", "Gather_1676"])
-    proc = make("fcos-om", "CHIP=310P3", "BATCH=4", out=tmp_path)
+    _graph_with_outputs(tmp_path / "fcos" / "onnx" / "fcos_ascend_bs1.onnx", ["Cast_1673", "Gather_1676"])
+    proc = make("fcos-om", "CHIP=310P3", out=tmp_path)
     assert proc.returncode != 0 and "expected dets, labels" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -51,8 +51,36 @@ def test_docker_runner_passes_the_npu_through():
                                 capture_output=True, text=True).stdout.strip()
     assert f"ascend-vision/fcos:{image_hash} python -m tools.fcos infer" in out
     assert "--device=/dev/davinci3" in out and "--device=/dev/davinci_manager" in out
-    assert "fcos_bs1_Ascend310P3.om" in out  # ais_bench runs the compiled model
+    assert "fcos_ascend_bs1_Ascend310P3.om" in out  # ais_bench runs the compiled model
     assert "docker build -f docker/Dockerfile --build-arg TOOL=fcos" in out
+
+
+@pytest.mark.parametrize("chip", ["310P3", "Ascend310P3", "ascend310p3"])
+def test_every_chip_spelling_names_the_om_that_atc_writes(chip):
+    """infer/eval/perf/all look for the very file `M-om` writes, whatever the spelling of CHIP."""
+    for step in ("infer", "eval", "perf", "all"):
+        out = make("-n", "RUNNER=venv", f"fcos-{step}", "BACKEND=ais_bench", f"CHIP={chip}").stdout
+        batch = "${b}" if step == "perf" else "1"  # perf loops over BATCH in the shell
+        assert f"out/fcos/om/fcos_ascend_bs{batch}_Ascend310P3.om" in out, (step, out)
+        assert "AscendAscend" not in out
+
+
+def test_om_names_carry_the_target():
+    ascend = make("-n", "RUNNER=venv", "pspnet-infer", "BACKEND=ais_bench", "CHIP=310").stdout
+    onnx = make("-n", "RUNNER=venv", "pspnet-infer", "BACKEND=ais_bench", "CHIP=310", "TARGET=onnx").stdout
+    assert "pspnet_ascend_bs1_Ascend310.om" in ascend and "pspnet_onnx_bs1_Ascend310.om" in onnx
+
+
+@pytest.mark.parametrize("step", ["onnx", "om", "infer", "eval", "perf", "all"])
+def test_empty_values_are_one_clear_error(step):
+    proc = make("RUNNER=venv", f"efficientdet-{step}", "BATCH=")
+    assert proc.returncode == 2 and "error: BATCH is empty: " in proc.stderr and "Usage:" not in proc.stderr
+
+
+def test_unknown_chip_is_refused_where_an_om_is_named(tmp_path):
+    proc = make("RUNNER=venv", "efficientdet-infer", "BACKEND=ais_bench", "CHIP=311", f"OUT={tmp_path}")
+    assert proc.returncode == 2 and "error: unknown CHIP '311' (valid: 310, " in proc.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_unknown_runner_is_refused():
@@ -106,10 +134,12 @@ def test_all_continues_where_it_stopped_and_force_redoes_everything(tmp_path):
         proc = subprocess.run(["make", "--no-print-directory", f"HOSTPY={host_py}", "RUNNER=venv", f"OUT={out}",
                                "DATA=/d/coco", "fcos-all", *extra], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
-        return proc.stdout, [line.split()[2] for line in log.read_text().splitlines()]
+        # `-m tools.fcos <step> ...`; the om step is `-m common.atc --model fcos ...` (base environment)
+        return proc.stdout, ["om" if line.split()[1] == "common.atc" else line.split()[2]
+                             for line in log.read_text().splitlines()]
 
     stdout, steps = run_all()
-    assert steps == ["infer", "eval"]  # `-m tools.fcos <step> ...`
+    assert steps == ["infer", "eval"]
     assert f"fcos-onnx: keeping {out}/fcos/onnx/fcos_ascend_bs1.onnx (FORCE=1 redoes it)" in stdout
     assert "fcos-om" not in stdout  # onnxruntime runs the .onnx
     _, steps = run_all("BACKEND=ais_bench")

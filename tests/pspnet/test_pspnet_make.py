@@ -30,7 +30,7 @@ def test_om_command_is_the_recipes_with_out_nodes_from_the_graph(tmp_path):
     cmd = next(line for line in proc.stderr.splitlines() if line.startswith("atc ")).split()
     assert cmd == ["atc", "--framework=5", f"--model={onnx_path}", "--input_format=NCHW",
                    "--input_shape=input:16,3,500,500", "--soc_version=Ascend310",
-                   f"--output={tmp_path}/pspnet/om/pspnet_bs16_Ascend310", "--log=error", "--out_nodes=seg",
+                   f"--output={tmp_path}/pspnet/om/pspnet_ascend_bs16_Ascend310", "--log=error", "--out_nodes=seg",
                    "--input_fp16_nodes=input"]
     _graph(onnx_path, "ArgMax_412")
     proc = make("pspnet-om", "CHIP=310", "BATCH=16", out=tmp_path)
