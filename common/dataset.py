@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,16 +132,87 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
         raise ToolError(f"label map {p} is corrupt ({err}): replace it") from None
 
 
-def read_image_bgr(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as BGR uint8 (cv2), turning unreadable files into a ToolError naming them."""
+def read_image_bgr(path: str | os.PathLike, *, exif: bool = False) -> np.ndarray:
+    """Read an image as BGR uint8 (cv2), turning unreadable files into a ToolError naming them.
+
+    ``exif``: turn a JPEG by its EXIF orientation, as cv2.imread/mmcv.imread do (the FCOS and
+    PSPNet recipes; the data file's ``exif_orientation``); by default the stored pixels are kept.
+    """
     import cv2
 
     p = Path(path)
     if not p.is_file():
         raise ToolError(f"image {p} not found")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    # IGNORE_ORIENTATION: COCO boxes are in stored-pixel orientation, and upstream (PIL) does not rotate by EXIF
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ToolError(f"image {p} cannot be read ({err.strerror or err}): check its permissions, or pass "
+                        "--skip-bad to leave it out") from None
+    data = np.frombuffer(raw, dtype=np.uint8)
+    # IGNORE_ORIENTATION by default: COCO boxes are in stored-pixel orientation, and PIL-based upstreams do not rotate
+    flags = cv2.IMREAD_COLOR if exif else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None or image.ndim != 3 or 0 in image.shape:
         raise ToolError(f"image {p} is corrupt or not an image: replace it, or pass --skip-bad to leave it out")
+    if not image_complete(raw):
+        raise ToolError(f"image {p} is corrupt (truncated: the file ends before its end-of-image marker): "
+                        "replace it, or pass --skip-bad to leave it out")
     return image
+
+
+#: in a JPEG scan, the first byte pair that is a marker: FF followed by neither a stuffed 00, a restart
+#: marker (D0-D7) nor a fill byte (FF)
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_complete(raw: bytes) -> bool:
+    """False for a JPEG or PNG cut short, which cv2 still decodes (the missing part comes out grey).
+
+    PIL and the upstream loaders refuse such files, so we do too. The rule is structural, not a
+    second decode: a JPEG's segments and scans must reach its end-of-image marker (FFD9), a PNG's
+    chunks its IEND chunk; bytes after those are allowed. Other formats are taken as decoded.
+    """
+    if raw[:2] == b"\xff\xd8":
+        return _jpeg_complete(raw)
+    if raw[:8] == _PNG_SIGNATURE:
+        return _png_complete(raw)
+    return True
+
+
+def _jpeg_complete(raw: bytes) -> bool:
+    """Walk the marker segments (skipping embedded thumbnails by their lengths) up to EOI."""
+    pos, size = 2, len(raw)
+    while pos + 2 <= size:
+        if raw[pos] != 0xFF or raw[pos + 1] == 0xFF:  # garbage or fill bytes between segments
+            pos = raw.find(b"\xff", pos + 1)
+            if pos < 0:
+                return False
+            continue
+        marker = raw[pos + 1]
+        if marker == 0xD9:
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > size:
+            return False
+        pos += 2 + int.from_bytes(raw[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data runs up to the next real marker
+            found = _JPEG_SCAN_END.search(raw, pos)
+            if found is None:
+                return False
+            pos = found.start()
+    return False
+
+
+def _png_complete(raw: bytes) -> bool:
+    """Walk the chunks (length, type, data, CRC) up to a whole IEND chunk."""
+    pos, size = len(_PNG_SIGNATURE), len(raw)
+    while pos + 8 <= size:
+        length = int.from_bytes(raw[pos:pos + 4], "big")
+        kind = raw[pos + 4:pos + 8]
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos <= size
+    return False

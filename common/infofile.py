@@ -35,11 +35,17 @@ def write_info(path: str | os.PathLike, items: Iterable[tuple[str, int, int]]) -
     """Write ``(file, width, height)`` items as an .info file; returns the number of lines."""
     items = list(items)
     for f, _, _ in items:
-        if any(c.isspace() for c in str(f)):
-            raise ToolError(f"path '{f}' contains whitespace, which the .info format cannot hold: rename it")
+        check_info_path(f)
     lines = [f"{i} {f} {w} {h}" for i, (f, w, h) in enumerate(items)]
     write_text_atomic(path, "".join(line + "\n" for line in lines))
     return len(lines)
+
+
+def check_info_path(path: str | os.PathLike) -> None:
+    """Refuse a path the space-separated .info format cannot hold (callers check before long work)."""
+    if any(c.isspace() for c in str(path)):
+        raise ToolError(f"path '{path}' contains whitespace, which the .info format cannot hold: rename or "
+                        "move it (or choose another OUT)")
 
 
 def write_bin_info(path: str | os.PathLike, bin_files: Iterable[str | os.PathLike], width: int, height: int) -> int:

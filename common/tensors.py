@@ -30,6 +30,17 @@ def np_dtype(name: str) -> np.dtype:
         raise ToolError(f"unsupported tensor dtype '{name}' (valid: {', '.join(DTYPES)})") from None
 
 
+def tensor_stem(image_path: str | os.PathLike) -> str:
+    """The one name an image's tensor and its results share: the file name without its extension,
+    any other dot replaced by ``_`` (``img.v2.final.jpg`` -> ``img_v2_final``).
+
+    ais_bench names a result by the input file's name up to its FIRST dot
+    (:func:`common.backends.output_stem`), so a tensor stem must hold no dot for the results to
+    carry the stem the manifest records.
+    """
+    return Path(image_path).stem.replace(".", "_")
+
+
 def write_tensor(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` as a raw C-order .bin, atomically (temp file + rename)."""
     data = np.ascontiguousarray(array)
@@ -70,13 +81,41 @@ class ManifestEntry:
 
     @classmethod
     def from_dict(cls, d: dict) -> ManifestEntry:
+        """An entry from its JSON record; ValueError/TypeError/KeyError say which field is wrong
+        (postprocessing does arithmetic on these, so a hand-edited value must fail here, not there)."""
         scale = d["scale"]
         return cls(
-            stem=d["stem"], source=d["source"], file=d["file"],
-            orig_size=tuple(d["orig_size"]),
-            scale=tuple(scale) if isinstance(scale, list) else scale,
-            pad=tuple(d["pad"]), image_id=d.get("image_id"), extra=d.get("extra", {}),
+            stem=_text(d["stem"], "stem"), source=_text(d["source"], "source"), file=_text(d["file"], "file"),
+            orig_size=_numbers(d["orig_size"], "orig_size", 2, int, low=1),
+            scale=_numbers(scale, "scale", 2, float) if isinstance(scale, list) else _number(scale, "scale", float),
+            pad=_numbers(d["pad"], "pad", 4, int, low=0),
+            image_id=None if d.get("image_id") is None else _number(d["image_id"], "image_id", int, low=0),
+            extra=d.get("extra", {}),
         )
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} {value!r} is not a non-empty string")
+    return value
+
+
+def _number(value: Any, what: str, kind: type, *, low: float | None = None) -> Any:
+    """``value`` when it is a finite number of ``kind`` (an int is a valid float), else ValueError.
+
+    ``low`` is the smallest valid value; without it the value must be > 0 (a scale)."""
+    ok_types = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types) or not np.isfinite(value):
+        raise ValueError(f"{what} {value!r} is not {'an integer' if kind is int else 'a number'}")
+    if (value < low) if low is not None else (value <= 0):
+        raise ValueError(f"{what} {value!r} is out of range")
+    return value
+
+
+def _numbers(value: Any, what: str, count: int, kind: type, *, low: float | None = None) -> tuple:
+    if not isinstance(value, list) or len(value) != count:
+        raise ValueError(f"{what} {value!r} is not a list of {count} numbers")
+    return tuple(_number(v, what, kind, low=low) for v in value)
 
 
 @dataclass
@@ -122,9 +161,22 @@ class Manifest:
             return cls(
                 model=d["model"], input_name=d["input_name"], dtype=d["dtype"],
                 shape=tuple(d["shape"]),
-                entries=[ManifestEntry.from_dict(e) for e in d["entries"]],
+                entries=[_entry(i, e) for i, e in enumerate(d["entries"])],
                 skipped=list(d.get("skipped", [])), meta=dict(d.get("meta", {})),
             )
-        except (KeyError, TypeError) as err:
+        except KeyError as err:
+            raise ToolError(f"manifest {path} is malformed (missing field {err}): rerun the data step with "
+                            "--force") from None
+        except (TypeError, ValueError) as err:
             raise ToolError(f"manifest {path} is malformed ({err}): rerun the data step with --force") from None
+
+
+def _entry(index: int, record: Any) -> ManifestEntry:
+    """A manifest entry, its errors prefixed with which entry it is."""
+    if not isinstance(record, dict):
+        raise TypeError(f"entry {index} is not an object")
+    try:
+        return ManifestEntry.from_dict(record)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"entry {index} ({record.get('stem', '?')}): {err}") from None
 
