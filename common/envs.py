@@ -129,8 +129,11 @@ def find_python(version: str) -> str:
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    """Run an install step with its output on stderr: stdout of ``ensure`` is only the interpreter
+    path, so ``$(python3 -m common.envs ensure fcos) -m ...`` works on a machine that must build first."""
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, cwd=cwd)
+    sys.stderr.flush()
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=sys.stderr.fileno())
     if proc.returncode != 0:
         raise EnvError(f"command failed with exit code {proc.returncode}: {' '.join(cmd)}")
 

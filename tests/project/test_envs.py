@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,14 @@ def test_prune_removes_only_venvs_of_known_names_with_other_hashes(tools_dir, tm
     assert envs.stale_venvs() == [old]
     assert envs.main(["prune"]) == 0
     assert not old.exists() and current.exists() and foreign.exists()
+
+
+def test_install_output_never_reaches_stdout_of_ensure():
+    """`$(python3 -m common.envs ensure X) -m ...` must expand to the interpreter path alone, even on
+    a machine where ensure builds first (pip's output went to stdout and became the command)."""
+    code = ("import sys; from common import envs; "
+            "envs._run([sys.executable, '-c', 'print(\"pip says hello\")']); print('/path/to/python')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=envs.REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "/path/to/python\n"
+    assert "pip says hello" in proc.stderr
