@@ -23,8 +23,12 @@ def coco(tmp_path_factory):
     return make_mini_coco(tmp_path_factory.mktemp("e2e") / "coco", n_images=3, seed=2)
 
 
-def test_onnxruntime_run_evaluates_and_matches_upstream(exported_bs1, upstream_tensor, upstream_detections,
-                                                       assert_same_detections,
+def coco_eval_rows(rows):
+    """effdet's CocoEvaluator cut: scores >= 0.001, and only the 80 ids COCO annotates."""
+    return rows[(rows[:, 4] >= 0.001) & np.isin(rows[:, 5], COCO80_CATEGORY_IDS)]
+
+
+def test_onnxruntime_run_evaluates_and_matches_upstream(exported_bs1, upstream_tensor, assert_upstream_could_give,
                                                        coco, tmp_path):
     onnx_path, _ = exported_bs1
     prep = tmp_path / "prep"
@@ -42,21 +46,19 @@ def test_onnxruntime_run_evaluates_and_matches_upstream(exported_bs1, upstream_t
     assert all(0 < len(v) <= 100 for v in by_image.values()) and len(dets) == sum(map(len, by_image.values()))
 
     # every stage against upstream on the pipeline's own files: the tensor file equals effdet's
-    # transform, and the result files decoded by effdet give the detections the pipeline wrote
-    # (ONNX vs PyTorch on those tensors is the export's parity check)
+    # transform, and the result files decoded by effdet give the detections the pipeline wrote,
+    # exactly except for the order effdet leaves undefined among equal scores (the generated
+    # images' flat colours give many exactly tied logits); ONNX vs PyTorch is the export's parity check
     for entry in manifest.entries:
         ref_tensor, img_scale = upstream_tensor(entry.source)
         np.testing.assert_array_equal(read_tensor(prep / entry.file, "float32", (3, 512, 512)), ref_tensor)
         raw = results[entry.stem]
         np.testing.assert_allclose(raw[0], run_onnx(onnx_path, {"input": ref_tensor[None]})["class_p3"][0],
                                    atol=1e-5, rtol=1e-5)
-        ref = upstream_detections(raw, img_scale, entry.orig_size)
-        ref = ref[(ref[:, 4] >= 0.001) & np.isin(ref[:, 5], COCO80_CATEGORY_IDS)]  # effdet's CocoEvaluator cut
         ours = by_image[entry.image_id]
         got = np.array([[*d["bbox"][:2], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3], d["score"],
                          d["category_id"]] for d in ours])
-        assert len(ref) > 0
-        assert_same_detections(got, ref)
+        assert_upstream_could_give(got, raw, img_scale, entry.orig_size, keep=coco_eval_rows)
 
 
 def test_oracle_result_files_through_the_pipeline_give_map_100(coco, tmp_path):

@@ -39,6 +39,7 @@ def test_equals_upstream_transform_bit_for_bit(upstream_tensor, tmp_path, ext, h
 def test_exif_orientation_is_ignored_like_upstream(upstream_tensor, tmp_path):
     """COCO boxes are in stored-pixel coordinates and upstream (PIL) never applies EXIF rotation.
 
+    The recipe's preprocess is effdet's loader: Image.open(path).convert('RGB'), no exif_transpose.
     cv2.imdecode(IMREAD_COLOR) rotates by the EXIF tag unless IMREAD_IGNORE_ORIENTATION is set;
     this pins the pipeline's image reader to upstream's behaviour.
     """
@@ -46,9 +47,14 @@ def test_exif_orientation_is_ignored_like_upstream(upstream_tensor, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     Image.fromarray(photo_like(120, 200, seed=3)[:, :, ::-1]).save(path, exif=exif.tobytes())
+    assert Image.open(path).getexif()[0x0112] == 6
+    assert cv2.imread(str(path)).shape[:2] == (200, 120)  # the tag is real: a plain decoder rotates
     bgr = read_image_bgr(path)
     assert bgr.shape[:2] == (120, 200)
-    np.testing.assert_array_equal(tool.preprocess(bgr)[0], upstream_tensor(path)[0])
+    tensor, scale, pad = tool.preprocess(bgr)
+    ref, img_scale = upstream_tensor(path)
+    np.testing.assert_array_equal(tensor, ref)
+    assert scale == pytest.approx(1.0 / img_scale, rel=1e-12) and pad == (0, 0, 0, 512 - int(120 * scale))
 
 
 @pytest.mark.parametrize("bad", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32),

@@ -12,7 +12,7 @@ import functools
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -38,8 +38,12 @@ PARITY_SEED = 0
 #: float32 PyTorch vs ONNX Runtime on CPU: both run the same fp32 kernels up to summation order
 PARITY_ATOL = 1e-3
 PARITY_RTOL = 1e-3
-#: random checkpoints: scale of the prediction layers' weights (class logits spread by a few units)
-HEAD_SPREAD = 20.0
+#: random checkpoints: scale of the prediction layers' weights (class logits spread by about one unit)
+HEAD_SPREAD = 18.0
+#: random checkpoints: mean class logit on a blank (fill-colour) image; sigmoid(-6) = 0.0025
+HEAD_PRIOR_LOGIT = -6.0
+#: random checkpoints: scale of the box layer's weights (box codes of a few tenths)
+BOX_SPREAD = 5.0
 #: oracle logits: sigmoid(10) = 0.99995 (kept), sigmoid(-20) = 2e-9 (below the score threshold)
 ORACLE_POSITIVE_LOGIT = 10.0
 ORACLE_NEGATIVE_LOGIT = -20.0
@@ -63,8 +67,8 @@ def random_checkpoint(path: Path, seed: int = 0) -> Path:
     """Random weights saved like the release file: a flat state_dict of the tf_efficientdet_d0 net.
 
     BatchNorm statistics and affine parameters are randomised too, so parity tests exercise
-    the folded batch norms instead of identity ones, and the prediction layers are scaled up so
-    scores spread like a detector's instead of tying at the prior (ties make top-k/NMS order arbitrary).
+    the folded batch norms instead of identity ones, and the prediction layers are spread and
+    re-centred (``_spread_heads``) so scores depend on the image instead of tying or saturating.
     """
     import torch
 
@@ -80,13 +84,48 @@ def random_checkpoint(path: Path, seed: int = 0) -> Path:
                 with torch.no_grad():
                     module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
                     module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-        with torch.no_grad():  # spread the logits: untrained heads give the constant prior -4.6 +- 0.1
-            model.class_net.predict.conv_pw.weight.mul_(HEAD_SPREAD)
-            model.box_net.predict.conv_pw.weight.mul_(HEAD_SPREAD / 4)
+        _spread_heads(model)
     out = Path(path)
     with atomic_path(out) as tmp:
         torch.save(model.state_dict(), str(tmp))
     return out
+
+
+def _blank_input():
+    """One fill-colour image as the network sees it (what the padding of every image looks like)."""
+    import torch
+
+    _, h, w = SPEC.input.shape
+    chw = np.broadcast_to(_FILL.astype(np.float32).reshape(3, 1, 1), (3, h, w))
+    return torch.from_numpy(((chw - _MEAN255) / _STD255).astype(np.float32))[None]
+
+
+def _spread_heads(model) -> None:
+    """Scale the prediction layers up and centre each class channel at HEAD_PRIOR_LOGIT on a blank image.
+
+    An untrained class head gives the constant prior -4.6 +- 0.1 (every score tied). Scaling its
+    weights alone (x20 before) let each channel's constant offset dominate: the top 100 of every
+    photo were the same padding cells at 0.89-0.96, hundreds exactly tied. Centring each channel
+    on the padding's own response leaves the spread to the image content: on natural-looking
+    images the top-100 scores then spread over roughly 0.3-0.65 with almost no ties
+    (tests/efficientdet/test_effdet_random_scores.py measures it).
+    """
+    import torch
+
+    head = model.class_net.predict.conv_pw
+    responses = []
+    hook = head.register_forward_hook(lambda module, args, out: responses.append(out[0]))
+    try:
+        with torch.no_grad():
+            model.eval()(_blank_input())
+    finally:
+        hook.remove()
+    cells = torch.cat([r.reshape(r.shape[0], -1) for r in responses], dim=1)  # (channels, cells of all levels)
+    with torch.no_grad():
+        blank_response = cells.mean(dim=1) - head.bias  # per channel, without the bias
+        head.weight.mul_(HEAD_SPREAD)
+        head.bias.copy_(HEAD_PRIOR_LOGIT - HEAD_SPREAD * blank_response)
+        model.box_net.predict.conv_pw.weight.mul_(BOX_SPREAD)
 
 
 def load_model(weights: Path):
@@ -303,8 +342,28 @@ def _check_outputs(outputs: Sequence[np.ndarray], target: str) -> list[np.ndarra
     return arrays
 
 
+def _top_k(values: np.ndarray, k: int, key_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Positions of the ``k`` largest values; at the cut, equal values go to the lowest ``key_of(positions)``.
+
+    argpartition alone picks an unspecified subset of the values equal to the k-th largest, so
+    which tied candidates enter NMS would depend on the numpy build; the key makes it one answer.
+    """
+    if values.size <= k:
+        return np.arange(values.size)
+    kth = values[np.argpartition(-values, k - 1)[k - 1]]
+    above = np.flatnonzero(values > kth)
+    tied = np.flatnonzero(values == kth)
+    return np.concatenate([above, tied[np.argsort(key_of(tied), kind="stable")[:k - above.size]]])
+
+
 def _top_candidates(class_maps: list[np.ndarray], k: int, min_logit: float | None) -> tuple[np.ndarray, ...]:
-    """Top-k (anchor, class) logits, best first: (anchor index, class index, logit).
+    """Top-k (anchor, class) logits in the tool's defined order: (anchor index, class index, logit).
+
+    Order rule (also the NMS order): higher logit first; equal logits: lower flat index
+    ``anchor * num_classes + class`` (effdet's flattening) first. It needs no float arithmetic
+    (sigmoid is monotonic, so it is also descending score order) and no sort stability, so the
+    same raw maps give the same detections on every machine. effdet itself orders equal float32
+    scores through an unstable sort: among ties its order is undefined, ours is one of its orders.
 
     Selects in the maps' stored (channel, y, x) order and converts only the winners to effdet's
     (level, y, x, anchor, class) order, instead of transposing 4.4M logits per image. Logits
@@ -314,17 +373,24 @@ def _top_candidates(class_maps: list[np.ndarray], k: int, min_logit: float | Non
     cells = np.array([m.shape[1] * m.shape[2] for m in class_maps])
     raw_starts = np.cumsum([0] + sizes)[:-1]
     anchor_starts = np.cumsum([0] + [c * ANCHORS_PER_CELL for c in cells])[:-1]
+
+    def effdet_index(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (stored-order) positions -> effdet's (anchor index, class index)."""
+        level = np.searchsorted(raw_starts, pos, side="right") - 1
+        offset = pos - raw_starts[level]
+        channel, cell = offset // cells[level], offset % cells[level]
+        return anchor_starts[level] + cell * ANCHORS_PER_CELL + channel // NUM_CLASSES, channel % NUM_CLASSES
+
+    def flat_index(pos: np.ndarray) -> np.ndarray:
+        anchor_idx, classes = effdet_index(pos)
+        return anchor_idx * NUM_CLASSES + classes
+
     raw = np.concatenate([m.reshape(-1) for m in class_maps])
     cand = np.flatnonzero(raw >= min_logit) if min_logit is not None else np.arange(raw.size)
-    if cand.size > k:
-        cand = cand[np.argpartition(-raw[cand], k - 1)[:k]]
-    level = np.searchsorted(raw_starts, cand, side="right") - 1
-    offset = cand - raw_starts[level]
-    channel, cell = offset // cells[level], offset % cells[level]
-    anchor_idx = anchor_starts[level] + cell * ANCHORS_PER_CELL + channel // NUM_CLASSES
-    classes = channel % NUM_CLASSES
+    cand = cand[_top_k(raw[cand], k, lambda i: flat_index(cand[i]))]
+    anchor_idx, classes = effdet_index(cand)
     logits = raw[cand]
-    order = np.lexsort((anchor_idx * NUM_CLASSES + classes, -logits))  # best first; ties in effdet's order
+    order = np.lexsort((anchor_idx * NUM_CLASSES + classes, -logits))
     return anchor_idx[order], classes[order], logits[order]
 
 
