@@ -36,7 +36,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from common.errors import ToolError
-from common.fsutil import read_json, write_json_atomic
+from common.fsutil import make_temp_dir, read_json, write_json_atomic
 from common.summary import OLD_SUMMARY_NAME, SUMMARY_SUFFIX, make_ais_summary
 
 BACKENDS = ("onnxruntime", "ais_bench")
@@ -231,7 +230,7 @@ def _staging_dir(out: Path, dirname: str) -> Path:
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         raise ToolError(f"{final} already exists: remove it (or pass --force) to run inference again")
     out.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dirname}.", suffix=".part", dir=out))
+    return make_temp_dir(out, prefix=f".{dirname}.")  # mkdtemp, with the umask instead of 0700
 
 
 def _publish(staging: Path, final: Path) -> None:
