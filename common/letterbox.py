@@ -1,10 +1,21 @@
 """The Ascend recipes' centred letterbox: keep-ratio resize into a fixed canvas, zero padding around it.
 
 FCOS and PSPNet preprocess this way (mmdet/mmseg would pad bottom-right); the data file's input
-section (shape, color, mean, std, dtype) says everything else.
+section (shape, color, mean, std, dtype, and the two rules below) says everything else:
+
+- ``resize_rounding``: the scaled sides become pixels by ``floor`` (the recipes' preprocessing
+  scripts: ``int(np.floor(side * scale))``) or by ``round`` (``int(side * scale + 0.5)``, as
+  mmcv.rescale_size in mmdet's/mmseg's Resize). They differ by one pixel whenever the fraction of
+  ``side * scale`` is 0.5 or more, which moves and rescales the whole image in the canvas.
+- ``norm_dtype``: the precision mean/std are held in before normalising (``float16`` in the
+  PSPNet recipe's script, ``float32`` in mmcv's Normalize); normalisation itself is
+  mmcv.imnormalize's arithmetic (float64 ``(pixel - mean) * (1 / std)`` rounded to float32), so
+  either setting is bit-equal to the code it names.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -12,24 +23,54 @@ from common.errors import ToolError
 from common.spec import InputSpec
 from common.tensors import np_dtype
 
+#: scaled side (a float) -> pixels, per ``resize_rounding``
+ROUNDINGS = {
+    "floor": math.floor,
+    "round": lambda x: int(x + 0.5),
+}
 
-def centred_letterbox(height: int, width: int, canvas_h: int, canvas_w: int) -> tuple[int, int, int, int]:
+
+def scaled_side(side: int, scale: float, rounding: str) -> int:
+    """``side * scale`` as a whole number of pixels by the data file's rule."""
+    try:
+        to_pixels = ROUNDINGS[rounding]
+    except KeyError:
+        raise ToolError(f"unknown resize_rounding '{rounding}' (valid: {', '.join(ROUNDINGS)})") from None
+    return int(to_pixels(side * scale))
+
+
+def centred_letterbox(height: int, width: int, canvas_h: int, canvas_w: int,
+                      rounding: str = "round") -> tuple[int, int, int, int]:
     """(new_h, new_w, top, left) of an image fitted into the canvas, keeping its aspect ratio.
 
-    scale = min(canvas_w / w, canvas_h / h); sides round as mmcv.rescale_size (``int(x + 0.5)``);
+    scale = min(canvas_w / w, canvas_h / h) (the recipes' rule, for portrait images too); sides
+    become pixels by ``rounding`` (see the module docstring), at least 1 and at most the canvas;
     the image is centred, as the Ascend recipes pad (mmdet/mmseg pad bottom-right).
     """
     scale = min(canvas_w / width, canvas_h / height)
-    new_w = min(max(int(width * scale + 0.5), 1), canvas_w)
-    new_h = min(max(int(height * scale + 0.5), 1), canvas_h)
+    new_w = min(max(scaled_side(width, scale, rounding), 1), canvas_w)
+    new_h = min(max(scaled_side(height, scale, rounding), 1), canvas_h)
     return new_h, new_w, (canvas_h - new_h) // 2, (canvas_w - new_w) // 2
+
+
+def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 HWC pixels (already in ``spec.color`` order) -> float32 ``(pixel - mean) / std``.
+
+    Computed as mmcv.imnormalize does (mean and 1/std in float64, result rounded to float32), after
+    holding mean/std in ``spec.norm_dtype``: bit-equal to the recipe's script or to mmcv's Normalize.
+    """
+    held = np_dtype(spec.norm_dtype)
+    mean = np.asarray(spec.mean, held).astype(np.float64)
+    inv_std = 1.0 / np.asarray(spec.std, held).astype(np.float64)
+    return ((pixels.astype(np.float64) - mean) * inv_std).astype(np.float32)
 
 
 def letterbox_tensor(image_bgr: np.ndarray, spec: InputSpec):
     """BGR uint8 image -> (CHW canvas in ``spec.dtype``, (scale_x, scale_y), (left, top, right, bottom)).
 
-    cv2 bilinear resize (mmcv.imresize), channels swapped when ``spec.color`` is RGB,
-    ``(pixel - mean) / std``, zeros around the centred image (zero after normalisation).
+    cv2 bilinear resize (mmcv.imresize) to the size ``spec.resize_rounding`` gives, channels
+    swapped when ``spec.color`` is RGB, :func:`normalize`, zeros around the centred image (zero
+    after normalisation), then the cast to ``spec.dtype`` (the recipe casts the padded canvas).
     """
     import cv2
 
@@ -38,14 +79,12 @@ def letterbox_tensor(image_bgr: np.ndarray, spec: InputSpec):
         raise ToolError(f"preprocess wants a BGR uint8 image (H, W, 3), got {img.dtype} {list(img.shape)}")
     c, canvas_h, canvas_w = spec.shape
     height, width = img.shape[:2]
-    new_h, new_w, top, left = centred_letterbox(height, width, canvas_h, canvas_w)
+    new_h, new_w, top, left = centred_letterbox(height, width, canvas_h, canvas_w, spec.resize_rounding)
     resized = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     if spec.color == "RGB":
         resized = resized[:, :, ::-1]
-    mean = np.asarray(spec.mean, np.float32)
-    std = np.asarray(spec.std, np.float32)
     canvas = np.zeros((canvas_h, canvas_w, c), np.float32)
-    canvas[top:top + new_h, left:left + new_w] = (resized.astype(np.float32) - mean) / std
+    canvas[top:top + new_h, left:left + new_w] = normalize(resized, spec)
     tensor = np.ascontiguousarray(canvas.transpose(2, 0, 1)).astype(np_dtype(spec.dtype), copy=False)
     pad = (left, top, canvas_w - new_w - left, canvas_h - new_h - top)
     return tensor, (new_w / width, new_h / height), pad

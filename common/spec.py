@@ -21,7 +21,8 @@ else:  # pragma: no cover - exercised on the py3.9 tool envs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOOLS_DIR = REPO_ROOT / "tools"
-MODELS = ("maskrcnn", "efficientdet", "retinamask", "pspnet", "fcos")
+#: every folder of tools/ with a model.toml: adding a model is adding its folder, nothing else
+MODELS = tuple(sorted(p.parent.name for p in TOOLS_DIR.glob("*/model.toml")))
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,14 @@ class InputSpec:
     #: where the resized image sits in the canvas: "top-left" or "center"
     placement: str = "top-left"
     batch_sizes: tuple[int, ...] = (1,)
+    #: keep-ratio resize: "round" the scaled sides as mmcv.rescale_size (mmdet/mmseg), or "floor"
+    #: them as the Ascend FCOS/PSPNet preprocessing scripts do (common.letterbox)
+    resize_rounding: str = "round"
+    #: precision mean/std are stored in before normalising: "float32" (mmcv Normalize), or
+    #: "float16" (the PSPNet recipe's script builds them as np.float16)
+    norm_dtype: str = "float32"
+    #: a JPEG's EXIF orientation: "ignore" (PIL-based upstreams) or "apply" (cv2.imread/mmcv.imread)
+    exif_orientation: str = "ignore"
 
     @property
     def height(self) -> int:
@@ -115,6 +124,14 @@ def spec_path(model: str | Path) -> Path:
     return TOOLS_DIR / str(model) / "model.toml"
 
 
+def _choice(path: Path, section: dict, key: str, valid: tuple[str, ...]) -> str:
+    """``section[key]`` if it is one of ``valid`` (the first is the default), else a clear error."""
+    value = section.get(key, valid[0])
+    if value not in valid:
+        raise ToolError(f"{path}: [input] {key} = {value!r} is not one of {', '.join(valid)}: fix the data file")
+    return value
+
+
 def load_spec(model: str | Path) -> ModelSpec:
     """Load ``tools/<model>/model.toml`` (or a path to a model.toml)."""
     path = spec_path(model)
@@ -144,6 +161,9 @@ def load_spec(model: str | Path) -> ModelSpec:
             mean=tuple(i.get("mean", ())), std=tuple(i.get("std", ())),
             placement=i.get("placement", "top-left"),
             batch_sizes=tuple(i.get("batch_sizes", (1,))),
+            resize_rounding=_choice(path, i, "resize_rounding", ("round", "floor")),
+            norm_dtype=_choice(path, i, "norm_dtype", ("float32", "float16")),
+            exif_orientation=_choice(path, i, "exif_orientation", ("ignore", "apply")),
         )
         outputs = {
             target: tuple(OutputSpec(o["name"], o["dtype"], tuple(o["shape"])) for o in outs)

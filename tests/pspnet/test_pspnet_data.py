@@ -1,4 +1,5 @@
-"""Preprocessing against mmseg's own pipeline; postprocessing and the oracle through the generic pipeline."""
+"""Postprocessing, and the oracle through the generic pipeline against an mIoU computed independently
+(preprocessing: test_pspnet_preprocess.py)."""
 
 from __future__ import annotations
 
@@ -7,36 +8,11 @@ import pytest
 
 from common import pipeline
 from common.cli import provenance
-from common.dataset import VocDataset, read_image_bgr, read_label_png
+from common.dataset import VocDataset, read_label_png
 from common.demovoc import make_mini_voc
 from common.errors import ToolError
 from common.tensors import ManifestEntry, read_tensor
 from tools.pspnet import tool
-
-
-def _mmseg_resize_normalize(path, scale):
-    """mmseg 0.16's test transforms for one image: load, keep-ratio Resize to ``scale``, Normalize(to_rgb)."""
-    from mmseg.datasets.pipelines import LoadImageFromFile, Normalize, Resize
-
-    results = LoadImageFromFile()({"img_prefix": None, "img_info": {"filename": str(path)}})
-    results = Resize(img_scale=scale, keep_ratio=True)(results)
-    results = Normalize(mean=tool.SPEC.input.mean, std=tool.SPEC.input.std, to_rgb=True)(results)
-    return results["img"], results["scale_factor"]
-
-
-@pytest.mark.parametrize("size", [(375, 500), (500, 333), (281, 500), (200, 150)])
-def test_preprocess_equals_mmseg_resize_and_normalize_inside_centred_padding(tmp_path, size):
-    root = make_mini_voc(tmp_path / "voc", n_images=1, sizes=[size])
-    path = VocDataset.open(root).images[0].path
-    tensor, (sx, sy), (left, top, right, bottom) = tool.preprocess(read_image_bgr(path))
-    ref, scale_factor = _mmseg_resize_normalize(path, (500, 500))
-    h, w = ref.shape[:2]
-    assert tensor.dtype == np.float16 and tensor.shape == (3, 500, 500)
-    assert (500 - w, 500 - h) == (left + right, top + bottom) and abs(left - right) <= 1 and abs(top - bottom) <= 1
-    assert (sx, sy) == pytest.approx(tuple(scale_factor[:2]), rel=1e-6)
-    inner = tensor[:, top:top + h, left:left + w].astype(np.float32)
-    np.testing.assert_allclose(inner, ref.transpose(2, 0, 1), atol=2e-3, rtol=1e-3)  # float16 rounding only
-    assert not tensor[:, :top].any() and not tensor[:, top + h:].any()  # zero padding, centred
 
 
 def test_postprocess_crops_exactly_the_recorded_padding():
@@ -68,6 +44,79 @@ def test_oracle_through_the_pipeline_gives_miou_100(tmp_path):
                                    provenance=provenance("onnxruntime", 1, "cpu"))
     assert report.metrics["mIoU"] == 100.0 and report.metrics["aAcc"] == 100.0
     assert {f.value for f in report.published if f.metric == "mIoU"} == {76.18, 76.778}
+
+
+def _source_index(n_out: int, n_in: int) -> np.ndarray:
+    """OpenCV's INTER_NEAREST rule written out: output position x reads input position
+    min(floor(x * (1 / (n_out / n_in))), n_in - 1)."""
+    return np.minimum(np.floor(np.arange(n_out) * (1.0 / (n_out / n_in))).astype(np.int64), n_in - 1)
+
+
+def _best_round_trip(label: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """What a perfect model's map of the (new_h, new_w) content region gives back at the original size:
+    original pixels that the postprocess reads from one canvas pixel all get the class of the last
+    labelled pixel among them (raster order), background when none is labelled."""
+    h, w = label.shape
+    key = _source_index(h, new_h)[:, None] * new_w + _source_index(w, new_w)[None, :]
+    flat_key, flat_label = key.ravel(), label.ravel()
+    value = {}
+    for k, v in zip(flat_key.tolist(), flat_label.tolist()):
+        if v != 255:
+            value[k] = v
+    return np.array([value.get(k, 0) for k in flat_key.tolist()], np.uint8).reshape(h, w)
+
+
+def _expected_oracle_miou(pairs) -> float:
+    """mIoU of the perfect model from (label, pad) pairs, per-class intersection and union counted with
+    boolean masks over the non-ignored pixels of all images (not common.metrics, not the postprocess)."""
+    inter, union = np.zeros(21), np.zeros(21)
+    for label, (left, top, right, bottom) in pairs:
+        back = _best_round_trip(label, 500 - top - bottom, 500 - left - right)
+        valid = label != 255
+        for c in range(21):
+            pred, gt = (back == c) & valid, (label == c) & valid
+            inter[c] += np.sum(pred & gt)
+            union[c] += np.sum(pred | gt)
+    defined = union > 0
+    return float(np.mean(inter[defined] / union[defined]) * 100.0)
+
+
+def _oracle_report(tmp_path, sizes, seed, band):
+    """(report, expected mIoU, scales): oracle class maps of a mini VOC set through the generic pipeline."""
+    root = make_mini_voc(tmp_path / "voc", n_images=len(sizes), sizes=sizes, seed=seed, band=band)
+    prep = tmp_path / "prep"
+    manifest = pipeline.preprocess_dataset(tool, root, prep)
+    labels = {im.path.stem: read_label_png(im.label_path) for im in VocDataset.open(root).images}
+    results = tmp_path / "results"
+    results.mkdir()
+    for entry in manifest.entries:
+        (seg,) = tool.oracle_outputs(labels[entry.stem], entry, "ascend")
+        seg.tofile(results / f"{entry.stem}_0.bin")
+    report = pipeline.evaluate(tool, prep, results, tmp_path / "eval", target="ascend",
+                               provenance=provenance("onnxruntime", 1, "cpu"))
+    expected = _expected_oracle_miou([(labels[e.stem], e.pad) for e in manifest.entries])
+    return report, expected, [e.scale[0] for e in manifest.entries]
+
+
+def test_oracle_of_enlarged_images_at_non_integer_scales_is_exact(tmp_path):
+    """Photo-like sizes enlarged by 1.56, 1.32, 1.25 and 1.17 into the 500x500 canvas: every original
+    pixel has a canvas pixel of its own, so the oracle comes back exactly (the nearest-resized label
+    the oracle used to write lost rows and columns here)."""
+    report, expected, scales = _oracle_report(tmp_path, [(213, 320), (377, 211), (400, 299), (333, 427)],
+                                            seed=7, band=1)
+    assert all(s > 1 and s != int(s) for s in scales)
+    assert expected == 100.0 and report.metrics["mIoU"] == 100.0 and report.metrics["aAcc"] == 100.0
+
+
+def test_oracle_at_non_integer_scales_gives_the_independently_computed_miou(tmp_path):
+    """Sizes shrunk by 0.78, 0.61 and 0.5 x 0.499 lose pixels at class borders in the round trip (several
+    original pixels share one canvas pixel; no "ignore" band here), so the oracle is below 100, by
+    exactly the amount computed above."""
+    report, expected, scales = _oracle_report(tmp_path, [(427, 640), (613, 817), (1000, 301)],
+                                            seed=6, band=0)
+    assert not any(s == int(s) or 1 / s == int(1 / s) for s in scales)  # no whole up- or down-scale factor
+    assert 90.0 < expected < 100.0  # the round trip really loses pixels at these scales
+    assert report.metrics["mIoU"] == pytest.approx(expected, rel=1e-12, abs=0)
 
 
 def test_random_weights_end_to_end_through_onnxruntime(export_small, tmp_path):

@@ -183,18 +183,20 @@ def letterbox_geometry(height: int, width: int) -> tuple[int, int, int, int]:
 
     scale = min(canvas_w / w, canvas_h / h): mmdet's keep-ratio rule min(1333/long, 800/short) for
     landscape images, but portrait images are fitted into the fixed landscape canvas too (mmdet
-    would make them 1333 high). Sides round as mmcv.rescale_size (int(x + 0.5)); the image is
+    would make them 1333 high), as the recipe does. Sides become pixels by the data file's
+    ``resize_rounding`` ("floor", the recipe's fcos_pth_preprocess.py; mmdet rounds); the image is
     centred (recipe), mmdet pads bottom-right.
     """
     _, canvas_h, canvas_w = SPEC.input.shape
-    return centred_letterbox(height, width, canvas_h, canvas_w)
+    return centred_letterbox(height, width, canvas_h, canvas_w, SPEC.input.resize_rounding)
 
 
 def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
     """BGR uint8 image -> (CHW float32 canvas, (scale_x, scale_y), (left, top, right, bottom) padding).
 
-    Resize bilinear (cv2, as mmcv.imresize), subtract the caffe BGR mean (std 1), zero padding
-    around the centred image (zero after normalisation, like mmdet's Pad).
+    The recipe's fcos_pth_preprocess.py step for step (sides floored, see model.toml): resize
+    bilinear (cv2, as mmcv.imresize), subtract the caffe BGR mean (std 1), zero padding around the
+    centred image (zero after normalisation, like mmdet's Pad).
     """
     return letterbox_tensor(image_bgr, SPEC.input)
 

@@ -277,16 +277,18 @@ def atc_out_nodes(onnx_path: Path) -> list[str]:
 # --------------------------------------------------------------------------- pre/post-processing
 
 def letterbox_geometry(height: int, width: int) -> tuple[int, int, int, int]:
-    """(new_h, new_w, top, left) in the 500x500 canvas (the recipe's centred letterbox)."""
+    """(new_h, new_w, top, left) in the 500x500 canvas (the recipe's centred letterbox, sides
+    floored as its mmsegmentation_voc2012_preprocess.py does: ``resize_rounding`` in model.toml)."""
     _, canvas_h, canvas_w = SPEC.input.shape
-    return centred_letterbox(height, width, canvas_h, canvas_w)
+    return centred_letterbox(height, width, canvas_h, canvas_w, SPEC.input.resize_rounding)
 
 
 def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
     """BGR uint8 image -> (CHW float16 canvas, (scale_x, scale_y), (left, top, right, bottom) padding).
 
-    cv2 bilinear resize (mmcv.imresize), BGR->RGB, ImageNet mean/std, zero padding around the
-    centred image; float16 as the recipe writes it (atc --input_fp16_nodes=input).
+    The recipe's mmsegmentation_voc2012_preprocess.py bit for bit (model.toml: sides floored,
+    mean/std held in float16): cv2 bilinear resize (mmcv.imresize), BGR->RGB, ImageNet mean/std,
+    zero padding around the centred image; float16 as the recipe writes it (atc --input_fp16_nodes=input).
     """
     return letterbox_tensor(image_bgr, SPEC.input)
 
@@ -313,9 +315,25 @@ def postprocess(outputs: list[np.ndarray], entry: ManifestEntry, target: str) ->
     return cv2.resize(crop.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
 
 
+def _nearest_source_index(n_out: int, n_in: int) -> np.ndarray:
+    """For each of ``n_out`` positions, the source position (of ``n_in``) that cv2's INTER_NEAREST
+    resize reads, taken from cv2 itself (a resized ramp) so that it is the postprocess's own rule."""
+    import cv2
+
+    ramp = np.arange(n_in, dtype=np.float32).reshape(1, n_in)
+    return cv2.resize(ramp, (n_out, 1), interpolation=cv2.INTER_NEAREST)[0].astype(np.int64)
+
+
 def oracle_outputs(label: np.ndarray, entry: ManifestEntry, target: str) -> list[np.ndarray]:
     """The class map a perfect model would output for this ground truth: the inverse of
-    :func:`postprocess` (nearest resize into the canvas; "ignore" pixels become background)."""
+    :func:`postprocess`, exact wherever the round trip allows.
+
+    Every labelled original pixel writes its class into the canvas pixel the postprocess reads it
+    back from, so an enlarged image comes back exactly (mIoU 100); when the image was shrunk,
+    several original pixels share one canvas pixel and the last labelled one in raster order wins.
+    Canvas pixels no original pixel reads hold the nearest-resized label; "ignore" (255) becomes
+    background (it is never scored).
+    """
     import cv2
 
     _check_target(target)
@@ -323,7 +341,12 @@ def oracle_outputs(label: np.ndarray, entry: ManifestEntry, target: str) -> list
     _, canvas_h, canvas_w = SPEC.input.shape
     left, top, right, bottom = (int(p) for p in entry.pad)
     new_w, new_h = canvas_w - left - right, canvas_h - top - bottom
+    label = np.asarray(label, np.uint8)
+    inner = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+    rows = _nearest_source_index(label.shape[0], new_h)
+    cols = _nearest_source_index(label.shape[1], new_w)
+    ys, xs = np.nonzero(label != 255)
+    inner[rows[ys], cols[xs]] = label[ys, xs]
     seg = np.zeros(spec.shape, np_dtype(spec.dtype))
-    inner = cv2.resize(np.asarray(label, np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
     seg[top:top + new_h, left:left + new_w] = np.where(inner == 255, 0, inner)
     return [seg]
