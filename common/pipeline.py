@@ -8,6 +8,7 @@ metrics and reports live here once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
@@ -88,7 +89,9 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
     dataset = open_dataset(spec.dataset, Path(data_root).resolve())
     images = sorted(dataset.images, key=lambda im: im.image_id)[: limit or None]
     stems = _tensor_stems(images, out)
-    run_meta = {"model": spec.name, "dtype": spec.input.dtype, "shape": list(spec.input.shape),
+    # every [input] setting (shape, mean/std, rounding, EXIF rule, ...): a resumed run whose data
+    # file changed in between would otherwise mix tensors made under two rules
+    run_meta = {"model": spec.name, "input": json.loads(json.dumps(dataclasses.asdict(spec.input))),
                 "annotation_file": str(dataset.annotation_file), "limit": limit}
     finished = (out / MANIFEST_NAME).exists()
     if finished and not force:
@@ -157,8 +160,8 @@ def _start_run(work: Path, journal, run_meta: dict, force: bool) -> None:
     meta_path = work / RUN_META_NAME
     if meta_path.exists() and read_json(meta_path) != run_meta:
         if not force:
-            raise ToolError(f"{work} holds an unfinished run with other settings (another model, shape or "
-                            "dataset): pass --force to discard it, or choose another OUT")
+            raise ToolError(f"{work} holds an unfinished run with other settings (another model, input "
+                            "rules or dataset): pass --force to discard it, or choose another OUT")
         _empty_folder(work, keep=Path(journal.name))
         journal.truncate(0)
     for orphan in work.glob(".*.part"):

@@ -6,6 +6,7 @@ torch) in a subprocess on a generated mini COCO; the kill cases send a real SIGK
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -255,6 +256,28 @@ def test_resume_with_data_and_out_spelled_differently(tiny_tool, coco, tmp_path,
     (tmp_path / "x").mkdir()
     m = pipeline.preprocess_dataset(tiny_tool, tmp_path / "x" / ".." / "coco", str(tmp_path / "prep"))
     assert len(calls) == 1 and len(m.entries) == 3  # only the unfinished image was redone
+
+
+def test_resume_after_the_input_rules_changed_is_refused(tiny_tool, coco, tmp_path, monkeypatch):
+    """A data file edited between a killed run and its resumption (e.g. resize_rounding) would mix
+    tensors made under two rules: the unfinished run is refused instead of continued."""
+    real = tiny_tool.preprocess
+    calls = []
+
+    def dying(bgr):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(bgr)
+
+    tiny_tool.preprocess = dying
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.preprocess_dataset(tiny_tool, coco, tmp_path / "prep")
+    tiny_tool.preprocess = real
+    monkeypatch.setattr(tiny_tool, "SPEC", dataclasses.replace(
+        tiny_tool.SPEC, input=dataclasses.replace(tiny_tool.SPEC.input, resize_rounding="floor")))
+    with pytest.raises(ToolError, match="unfinished run with other settings"):
+        pipeline.preprocess_dataset(tiny_tool, coco, tmp_path / "prep")
 
 
 # --- kill -9 --------------------------------------------------------------------------------------
