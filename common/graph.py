@@ -231,6 +231,49 @@ def _restore_hidden_ops(model: onnx.ModelProto) -> None:
     model.opset_import.extend(keep)
 
 
+#: onnxsim passes never run: ``eliminate_duplicate_initializer`` calls onnx IR's
+#: ``Graph::eraseInitializerAndInput``, which reads the Value it has just freed (use after free,
+#: fixed upstream in onnx PR #7614, after onnxsim 0.4.36; onnxsim issue #341). Whether that read
+#: crashes (``eraseOutput: Assertion outputs_[i]->uses().empty()``) depends on heap contents, so a
+#: graph may pass at one input size and fail at another (FCOS TARGET=onnx at 800x1333, whose three
+#: FPN levels above nms_pre each bring a TopK k=1000 constant). :func:`merge_duplicate_initializers`
+#: does the pass's job instead.
+SKIPPED_ONNXSIM_PASSES = ("eliminate_duplicate_initializer",)
+
+
+def merge_duplicate_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Let readers of equal initializers share the first one and drop the copies.
+
+    Exporters emit one constant per call site (a TopK k, a Clip bound, a Reshape shape), so equal
+    tensors repeat; merging them lets onnxsim's common-subexpression pass see identical nodes.
+    Initializers that are also graph inputs (overridable defaults) or graph outputs are kept.
+    Returns ``(new_model, number_of_initializers_removed)``.
+    """
+    out = _copy(model)
+    graph = out.graph
+    fixed = {i.name for i in graph.input} | {o.name for o in graph.output}
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    for t in graph.initializer:
+        if t.name in fixed:
+            continue
+        key = (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())
+        if key in first:
+            alias[t.name] = first[key]
+        else:
+            first[key] = t.name
+    if not alias:
+        return out, 0
+    for g in _all_graphs(graph):
+        for node in g.node:
+            for k, name in enumerate(node.input):
+                if name in alias:
+                    node.input[k] = alias[name]
+    _keep_only(graph.initializer, [t for t in graph.initializer if t.name not in alias])
+    _keep_only(graph.value_info, [v for v in graph.value_info if v.name not in alias])
+    return out, len(alias)
+
+
 def simplify(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None, *,
              name: str | None = None, check_n: int = 0, skip_shape_inference: bool = False,
              custom_lib: str | None = None) -> onnx.ModelProto:
@@ -238,7 +281,9 @@ def simplify(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None =
 
     ``input_shapes`` fixes input dims (``{"input": [1, 3, 512, 512]}``). ``check_n`` random runs
     compare the result with the original in ONNX Runtime (0 = structural check only, because
-    graphs with Ascend custom ops cannot run there; tools check parity separately).
+    graphs with Ascend custom ops cannot run there; tools check parity separately). Equal
+    initializers are merged here, before and after onnxsim, instead of by onnxsim's own pass
+    (see :data:`SKIPPED_ONNXSIM_PASSES`).
     """
     label = _model_name(model, name)
     try:
@@ -252,13 +297,13 @@ def simplify(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None =
     if unknown:
         raise ToolError(f"input_shapes name(s) {', '.join(unknown)} not inputs of {label}: "
                         f"its inputs are {', '.join(input_names(model))}")
-    work = _copy(model)
+    work, _ = merge_duplicate_initializers(model)
     hidden = _hide_unregistered_ops(work)
     try:
         simplified, check_ok = onnxsim.simplify(
             work, check_n=check_n, overwrite_input_shapes=shapes or None,
             test_input_shapes=shapes or None, skip_shape_inference=skip_shape_inference,
-            custom_lib=custom_lib)
+            custom_lib=custom_lib, skipped_optimizers=list(SKIPPED_ONNXSIM_PASSES))
     except Exception as err:  # onnxsim raises bare RuntimeError/ValidationError from C++
         msg = " ".join(str(err).split())[:300] or type(err).__name__
         raise ToolError(f"onnxsim failed on {label}: {msg} (retry with skip_shape_inference, "
@@ -268,7 +313,7 @@ def simplify(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None =
                         "keep the unsimplified model and report the onnxsim version")
     if hidden:
         _restore_hidden_ops(simplified)
-    return simplified
+    return merge_duplicate_initializers(simplified)[0]  # constants that folding made equal
 
 
 # --------------------------------------------------------------------------- Pad -inf
