@@ -169,9 +169,9 @@ def compile_om(spec: ModelSpec, onnx_path: str | os.PathLike, out_dir: str | os.
 
 def _write_source_record(built: Path, onnx_path: Path) -> None:
     """Which ONNX (and so which checkpoint) this .om came from, read by the eval report."""
-    from common.cli import _weights_of, export_record_path
+    from common.exportrecord import export_record_path, weights_of
 
-    write_json_atomic(export_record_path(built), {"onnx": str(onnx_path), "weights": _weights_of(onnx_path)})
+    write_json_atomic(export_record_path(built), {"onnx": str(onnx_path), "weights": weights_of(onnx_path)})
 
 
 def run(job: CompileJob, log_path: str | os.PathLike, *, force: bool = False) -> Path:

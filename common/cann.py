@@ -116,3 +116,16 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def ais_bench_importable(python: str = "python3", timeout: float = 120) -> bool:
+    """Whether ``python`` can run ais_bench's CLI (``python -m ais_bench``): it ships as a wheel from
+    Ascend/tools, not PyPI, so only asking that interpreter tells."""
+    exe = shutil.which(python)
+    if exe is None:
+        return False
+    probe = "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('ais_bench') else 3)"
+    try:
+        return subprocess.run([exe, "-c", probe], capture_output=True, timeout=timeout).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False

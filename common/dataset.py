@@ -23,6 +23,14 @@ class CocoImage:
     height: int
 
 
+def existing_root(root: str | os.PathLike, layout: str) -> Path:
+    """``root`` as a Path when it is a directory; else the one-line error naming what DATA must be."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ToolError(f"dataset directory {root} not found: pass DATA={layout}")
+    return root
+
+
 @dataclass(frozen=True)
 class CocoDataset:
     """``<root>/val2017/*.jpg`` + ``<root>/annotations/instances_val2017.json`` (the recipes' layout)."""
@@ -33,10 +41,7 @@ class CocoDataset:
 
     @classmethod
     def open(cls, root: str | os.PathLike, split: str = "val2017") -> CocoDataset:
-        root = Path(root)
-        if not root.is_dir():
-            raise ToolError(f"dataset directory {root} not found: pass DATA=<coco root> (holding {split}/ and "
-                            "annotations/)")
+        root = existing_root(root, f"<coco root> (holding {split}/ and annotations/)")
         image_dir = root / split
         ann = root / "annotations" / f"instances_{split}.json"
         if not image_dir.is_dir():
@@ -79,10 +84,8 @@ class VocDataset:
 
     @classmethod
     def open(cls, root: str | os.PathLike, split: str = "val") -> VocDataset:
-        root = Path(root)
-        if not root.is_dir():
-            raise ToolError(f"dataset directory {root} not found: pass DATA=<VOC2012 root> (holding JPEGImages/, "
-                            "SegmentationClass/ and ImageSets/Segmentation/)")
+        root = existing_root(root, "<VOC2012 root> (holding JPEGImages/, SegmentationClass/ and "
+                                   "ImageSets/Segmentation/)")
         listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
         for needed in (root / "JPEGImages", root / "SegmentationClass"):
             if not needed.is_dir():

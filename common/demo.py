@@ -25,11 +25,11 @@ def _step(title: str) -> None:
 
 def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: Path | None,
              n_images: int = 4, chip: str = "310P3", target: str = "ascend", force: bool = False):
-    from common.cli import export_checked, provenance
     from common.demococo import make_mini_coco
     from common.demovoc import make_mini_voc
+    from common.exportrecord import export_checked
     from common.pipeline import evaluate, preprocess_dataset, run_inference
-    from common.report import parity_summary, report_location
+    from common.report import parity_summary, provenance, report_location
     from common.weights import describe_weights, fetch
 
     spec = tool.SPEC

@@ -36,18 +36,6 @@ def _tests_only(env: str) -> bool:
     return envs.requirement_files(env)[0].parent.name == "tests"
 
 
-def _ais_bench_importable(python: str = "python3") -> bool:
-    """ais_bench's CLI runs as `python3 -m ais_bench` (it ships as a wheel from Ascend/tools, not PyPI)."""
-    exe = shutil.which(python)
-    if exe is None:
-        return False
-    probe = "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('ais_bench') else 3)"
-    try:
-        return subprocess.run([exe, "-c", probe], capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 def report() -> tuple[list[str], bool]:
     """(lines, venv runner usable)."""
     lines = ["== Python interpreters (named by the pins)"]
@@ -88,7 +76,7 @@ def report() -> tuple[list[str], bool]:
                          "not found: `make M-om` prints the exact command to run on an Ascend host")
         lines.append(f"  {'ok ' if where else '-- '} {tool}: {note}")
 
-    ais = _ais_bench_importable()
+    ais = cann.ais_bench_importable(timeout=60)
     lines.append(f"  {'ok ' if ais else '-- '} ais_bench: " + (
         "importable by python3 (BACKEND=ais_bench)" if ais else
         "not importable by python3: install the aclruntime + ais_bench wheels (Ascend/tools) "

@@ -242,6 +242,21 @@ def check_lock(name: str) -> list[str]:
     return problems
 
 
+def tool_envs() -> list[str]:
+    """The tools (tools/<m>/model.toml) that have an environment: each has its test suite tests/<m>."""
+    return sorted(p.parent.name for p in TOOLS_DIR.glob("*/requirements.txt") if (p.parent / "model.toml").is_file())
+
+
+def tool_library(name: str) -> str:
+    """The upstream library a tool wraps: the first ``name==version`` pin of its own requirements.txt
+    (not the base pins it includes). Its presence tells that the tool's environment is running."""
+    main, _ = requirement_files(name)
+    pins = _exact_pins(main)
+    if not pins:
+        raise EnvError(f"{main} pins no package: put the tool's library (e.g. effdet==0.2.4) first")
+    return pins[0][0]
+
+
 def _exact_pins(path: Path) -> list[tuple[str, str]]:
     """(normalised name, version) of every ``name==version`` line."""
     pins = []

@@ -10,8 +10,9 @@ import numpy as np
 
 from common.errors import ToolError
 from common.fsutil import read_json, write_json_atomic, write_text_atomic
+from common.manifest import Manifest
 from common.spec import ModelSpec
-from common.tensors import Manifest, np_dtype, write_tensor
+from common.tensors import np_dtype, write_tensor
 
 
 def _synthetic_inputs(spec: ModelSpec, directory: Path, count: int) -> list[Path]:

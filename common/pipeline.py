@@ -25,8 +25,9 @@ from common.dataset import open_dataset, read_image_bgr
 from common.errors import ToolError
 from common.fsutil import exclusive_lock, os_error_message, read_json, write_json_atomic
 from common.infofile import check_info_path, write_bin_info, write_info
+from common.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from common.spec import ModelSpec
-from common.tensors import MANIFEST_NAME, Manifest, ManifestEntry, np_dtype, tensor_stem, write_tensor
+from common.tensors import np_dtype, tensor_stem, write_tensor
 
 PROGRESS_NAME = ".progress.jsonl"  # one line per finished image; removed once manifest.json is written
 RUN_META_NAME = ".progress-meta.json"

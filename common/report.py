@@ -9,6 +9,7 @@ the exact dataset (including any skipped files).
 from __future__ import annotations
 
 import math
+import os
 import platform
 import shlex
 import sys
@@ -234,6 +235,22 @@ class Report:
 
 #: the columns every parity row has (tools add detection-aware extras, kept in the export's own JSON)
 PARITY_COLUMNS = ("name", "shape", "max_abs_diff", "max_rel_diff", "atol", "rtol", "ok")
+
+
+def command_argv() -> list[str]:
+    """The command line as the user typed it (`python -m tools.<model>` shows as a __main__.py path)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("__main__.py"):
+        argv[:1] = ["python", "-m", f"tools.{Path(argv[0]).parent.name}"]
+    return argv
+
+
+def provenance(backend: str, batch: int, device: str, model_path: str | os.PathLike | None = None):
+    """What produced a number: command line, backend, device, batch size and versions."""
+    prov = Provenance.capture(backend, device, batch, argv=command_argv())
+    if model_path:
+        prov.command += f"  # model file: {model_path}"
+    return prov
 
 
 def parity_summary(record: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ on imports: the tests then run exactly where `make test` runs them.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -20,8 +21,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-#: the package that proves a tool's environment is the running one
-TOOL_MARKER_PACKAGE = {"efficientdet": "effdet", "fcos": "mmdet", "pspnet": "mmseg"}
+from common import envs  # noqa: E402  (stdlib only, so importable from any interpreter)
+
+#: the distribution that proves a tool's environment is the running one (effdet, mmdet, ...)
+TOOL_MARKER_PACKAGE = {m: envs.tool_library(m) for m in envs.tool_envs()}
 _left_out: list[str] = []
 #: what the base environment provides; missing any of them means "not a project interpreter"
 BASE_PACKAGES = ("numpy", "onnx", "onnxruntime")  # torch-free suites (py3.12) have these too
@@ -35,8 +38,6 @@ def pytest_configure(config):
     if os.environ.get(DELEGATED):
         raise SystemExit(f"error: the base environment lacks {', '.join(missing)}; "
                          "rebuild it with `python3 -m common.envs ensure base`")
-    from common import envs  # stdlib only, so importable from any interpreter
-
     capture = config.pluginmanager.getplugin("capturemanager")
     if capture is not None:
         capture.stop_global_capturing()  # give the real stdout/stderr back before exec
@@ -51,10 +52,18 @@ def pytest_configure(config):
     os.execv(python, [python, "-m", "pytest", *config.invocation_params.args])
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def pytest_ignore_collect(collection_path, config):
     path = Path(str(collection_path))
     if path.parent == REPO / "tests" and path.name in TOOL_MARKER_PACKAGE:
-        if importlib.util.find_spec(TOOL_MARKER_PACKAGE[path.name]) is None:
+        if not _installed(TOOL_MARKER_PACKAGE[path.name]):
             requested = [Path(a.split("::")[0]).resolve() for a in config.args]
             if any(path == r or r in path.parents for r in requested):
                 _left_out.append(path.name)  # asked for, so say why it is not run

@@ -28,9 +28,15 @@ sys.path.insert(0, str(REPO))
 
 from common import envs  # noqa: E402  (stdlib-only module, runs on the host interpreter)
 
-SUITES = [("base", ["tests/common", "tests/project"]), ("common-py312", ["tests/common"])] + [
-    (m, [f"tests/{m}"]) for m in ("efficientdet", "fcos", "pspnet")
-]
+
+def declared_suites() -> list[tuple[str, list[str]]]:
+    """The shared suites, then ``tests/<m>`` for every tool with an environment (tools/<m>/model.toml
+    and requirements.txt): a new tool folder is tested without editing this file."""
+    return [("base", ["tests/common", "tests/project"]), ("common-py312", ["tests/common"])] + [
+        (m, [f"tests/{m}"]) for m in envs.tool_envs()]
+
+
+SUITES = declared_suites()
 LOG_TAIL = 25  # lines of a failed build's log shown with its error
 
 
@@ -183,11 +189,17 @@ def main() -> int:
     parser.add_argument("--slow", action="store_true", help="include tests marked slow")
     parser.add_argument("--slow-only", action="store_true", help="run only the tests marked slow")
     parser.add_argument("--only", action="append", help="run only these suites, e.g. base")
+    parser.add_argument("--list", action="store_true", help="print each suite (environment: paths) and exit")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest")
     args = parser.parse_args()
     start = time.monotonic()
     suites = [(env, [p for p in paths if (REPO / p).exists()]) for env, paths in SUITES
               if not args.only or env in args.only]
+    if args.list:
+        for env, paths in suites:
+            print(f"{env}: {' '.join(paths) or '(no tests yet)'}")
+        return 0
+    suites = [(env, paths) for env, paths in suites if paths]  # a tool without tests builds nothing
     missing = list(dict.fromkeys(env for env, _ in suites if not is_ready(env)))
     builds = BackgroundBuilds(build_chains(missing), envs.cache_root() / "build-logs")
     if missing:

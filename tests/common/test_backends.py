@@ -11,15 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import backends
 from common.backends import (
     AisBenchBackend,
     Backend,
     OnnxRuntimeBackend,
     TensorSpec,
+    ais_bench_backend,
     make_backend,
     natural_key,
     natural_sorted,
+    onnxruntime_backend,
 )
 from common.errors import ToolError
 from common.results import read_results
@@ -187,7 +188,7 @@ def test_onnxruntime_load_errors(tmp_path, monkeypatch):
     junk.write_bytes(b"not a model")
     with pytest.raises(ToolError, match=r"junk\.onnx"):  # through common.customops when present
         OnnxRuntimeBackend(junk).input_specs()
-    monkeypatch.setattr(backends, "_customops_available", lambda: False)
+    monkeypatch.setattr(onnxruntime_backend, "customops_available", lambda: False)
     with pytest.raises(ToolError, match=r"onnxruntime cannot load .*junk\.onnx"):
         OnnxRuntimeBackend(junk).input_specs()
 
@@ -195,7 +196,7 @@ def test_onnxruntime_load_errors(tmp_path, monkeypatch):
 def test_plain_session_without_customops_gives_same_results(tmp_path, monkeypatch):
     model = build_onnx(tmp_path / "tiny.onnx")
     data = write_inputs(tmp_path / "prep")
-    monkeypatch.setattr(backends, "_customops_available", lambda: False)
+    monkeypatch.setattr(onnxruntime_backend, "customops_available", lambda: False)
     check_results(OnnxRuntimeBackend(model).run(tmp_path / "prep", tmp_path / "out", "r", 2), data,
                   ["img1", "img2", "img10"], batch=2)
 
@@ -391,7 +392,7 @@ def test_ais_bench_cli_directory_input(tmp_path, fake_cli, capsys):
 
 @pytest.mark.parametrize("max_arg", [100_000, 10])
 def test_ais_bench_cli_file_list_and_linked_inputs(tmp_path, fake_cli, monkeypatch, max_arg):
-    monkeypatch.setattr(backends, "MAX_INPUT_ARG", max_arg)  # 10: too long for one argument -> linked dir
+    monkeypatch.setattr(ais_bench_backend, "MAX_INPUT_ARG", max_arg)  # 10: too long for one argument -> linked dir
     data = write_inputs(tmp_path / "prep", stems=["a1", "a2", "a3", "zz_not_used"])
     chosen = [tmp_path / "prep" / f"{s}.bin" for s in ("a3", "a1", "a2")]
     result_dir = AisBenchBackend(fake_cli(), python=sys.executable, mode="cli").run(
@@ -443,7 +444,7 @@ def test_ais_bench_cli_refuses_paths_it_would_reject(tmp_path, fake_cli):
     ("Segmentation fault", "see its output below"),
 ])
 def test_failure_hints(log, hint):
-    assert hint in backends._failure_hint(log, 7)
+    assert hint in ais_bench_backend.failure_hint(log, 7)
 
 
 def test_customops_import_error_falls_back_and_custom_graphs_get_a_hint(tmp_path, monkeypatch, capsys):
@@ -457,7 +458,7 @@ def test_customops_import_error_falls_back_and_custom_graphs_get_a_hint(tmp_path
 
     broken.cpu_session = cpu_session
     monkeypatch.setitem(sys.modules, "common.customops", broken)
-    monkeypatch.setattr(backends, "_customops_available", lambda: True)
+    monkeypatch.setattr(onnxruntime_backend, "customops_available", lambda: True)
     data = write_inputs(tmp_path / "prep")
     plain = OnnxRuntimeBackend(build_onnx(tmp_path / "tiny.onnx"))
     check_results(plain.run(tmp_path / "prep", tmp_path / "out", "r", 1), data, ["img1", "img2", "img10"], 1)

@@ -27,8 +27,8 @@ from common.backends import output_stem
 from common.dataset import read_image_bgr
 from common.demococo import make_mini_coco
 from common.errors import ToolError
+from common.manifest import MANIFEST_NAME, Manifest
 from common.spec import load_spec
-from common.tensors import MANIFEST_NAME, Manifest
 from tests.common.test_pipeline_infer import _tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,7 +165,7 @@ def test_dotted_file_name_goes_through_data_infer_and_eval(tiny_tool, coco, tmp_
         for a in anns if a["image_id"] == e.image_id]
     results = pipeline.run_inference(tiny_tool.SPEC, _tiny_model(tmp_path / "m.onnx", 1), prep, tmp_path / "infer",
                                      backend="onnxruntime", batch=1)
-    from common.cli import provenance
+    from common.report import provenance
     report = pipeline.evaluate(tiny_tool, prep, results, tmp_path / "eval", target="ascend",
                                provenance=provenance("onnxruntime", 1, "cpu"))
     assert report.metrics["bbox_mAP"] == pytest.approx(100.0)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from common.demococo import make_mini_coco
+from common.manifest import Manifest
 from common.report import compare
-from common.tensors import Manifest
 
 REPO = Path(__file__).resolve().parents[2]
 SUSPICIOUS = "SUSPICIOUS (far above published)"

@@ -8,7 +8,8 @@ import pytest
 from common.dataset import read_image_bgr
 from common.errors import ToolError
 from common.infofile import read_info
-from common.tensors import Manifest, read_tensor
+from common.manifest import Manifest
+from common.tensors import read_tensor
 
 SEEDS = range(25)
 

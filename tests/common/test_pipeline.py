@@ -11,7 +11,8 @@ from common import pipeline
 from common.demococo import make_mini_coco
 from common.errors import ToolError
 from common.infofile import read_info
-from common.tensors import Manifest, read_tensor
+from common.manifest import Manifest
+from common.tensors import read_tensor
 
 
 @pytest.fixture

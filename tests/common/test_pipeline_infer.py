@@ -10,10 +10,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from common import pipeline
-from common.cli import provenance
 from common.demococo import make_mini_coco
 from common.errors import ToolError
 from common.perf import measure_throughput
+from common.report import provenance
 
 
 def _tiny_model(path, batch):

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from common import pipeline
-from common.cli import provenance
 from common.dataset import VocDataset, open_dataset, read_label_png
 from common.demovoc import make_mini_voc, voc_palette
 from common.errors import ToolError
+from common.manifest import Manifest
+from common.report import provenance
 from common.spec import load_spec
-from common.tensors import Manifest
 
 SEG_TOML = """
 name = "tinyseg"

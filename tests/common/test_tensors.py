@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from common.errors import ToolError
-from common.tensors import Manifest, ManifestEntry, read_tensor, write_tensor
+from common.manifest import Manifest, ManifestEntry
+from common.tensors import read_tensor, write_tensor
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "uint8"])

@@ -131,16 +131,16 @@ def test_weights_record_and_its_report_line(tmp_path):
 
 
 def test_reports_find_the_export_record_beside_onnx_and_om_files(tmp_path):
-    from common import cli
+    from common import exportrecord
 
     onnx_file, om_file = tmp_path / "m_ascend_bs1.onnx", tmp_path / "m_bs1_Ascend310P3.om"
-    assert cli.export_record_path(onnx_file) == tmp_path / "m_ascend_bs1.parity.json"
-    assert cli.export_record_path(om_file) == tmp_path / "m_bs1_Ascend310P3.source.json"
-    assert cli._weights_of(onnx_file) is None  # no record: the report says "unknown"
+    assert exportrecord.export_record_path(onnx_file) == tmp_path / "m_ascend_bs1.parity.json"
+    assert exportrecord.export_record_path(om_file) == tmp_path / "m_bs1_Ascend310P3.source.json"
+    assert exportrecord.weights_of(onnx_file) is None  # no record: the report says "unknown"
     record = {"file": "/w.pth", "sha256": "0" * 64, "verified": True}
     (tmp_path / "m_ascend_bs1.parity.json").write_text(json.dumps({"ok": True, "weights": record}))
     (tmp_path / "m_bs1_Ascend310P3.source.json").write_text(json.dumps({"onnx": str(onnx_file), "weights": record}))
-    assert cli._weights_of(onnx_file) == record == cli._weights_of(om_file)
+    assert exportrecord.weights_of(onnx_file) == record == exportrecord.weights_of(om_file)
 
 
 def test_load_checked_fills_bn_counters_and_refuses_wrong_shapes(tmp_path):

@@ -52,7 +52,7 @@ def test_unknown_environment_lists_valid_ones(tools_dir):
 
 
 def test_real_tools_declare_python_39():
-    for name in ["base", "efficientdet", "fcos"]:
+    for name in ["base", *envs.tool_envs()]:
         assert envs.python_version(name) == "3.9"
 
 
@@ -135,7 +135,7 @@ def test_write_lock_keeps_the_old_lock_when_the_build_fails(tools_dir, monkeypat
     assert lock.read_text() == "numpy==1.23.5\nsix==1.16.0\n"
 
 
-@pytest.mark.parametrize("name", ["base", "common-py312", "efficientdet", "fcos"])
+@pytest.mark.parametrize("name", ["base", "common-py312", *envs.tool_envs()])
 def test_committed_locks_agree_with_the_pins(name):
     assert envs.lock_file(name).is_file(), f"run `python3 -m common.envs lock {name}`"
     assert envs.check_lock(name) == []
