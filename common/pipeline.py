@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import itertools
 import json
 import os
 import shutil
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -265,16 +267,37 @@ def _tool_preprocess(tool: ModuleType, bgr, path: Path):
     return tensor, scale, pad
 
 
+#: images submitted ahead of the one being journalled, per worker: enough to keep every worker busy,
+#: few enough that an error stops the run after a handful of images, whatever the machine's load
+AHEAD_PER_WORKER = 2
+
+
 @contextlib.contextmanager
 def _ordered_map(workers: int):
-    """``map`` (serial) or a thread pool's order-keeping map; on error or Ctrl-C, queued images are
-    cancelled and only the ones already running finish."""
+    """``map`` (serial) or an order-keeping map over a thread pool with a bounded window; on error or
+    Ctrl-C, nothing more is submitted and only the images already submitted finish.
+
+    ``ThreadPoolExecutor.map`` submits every image at once, so on a busy machine the workers could
+    preprocess the whole dataset before the main thread met the first error.
+    """
     if workers == 1:
         yield map
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+
+    def bounded_map(fn, items):
+        pending: deque = deque()
+        it = iter(items)
+        for item in itertools.islice(it, workers * AHEAD_PER_WORKER):
+            pending.append(pool.submit(fn, item))
+        while pending:
+            result = pending.popleft().result()
+            for item in itertools.islice(it, 1):
+                pending.append(pool.submit(fn, item))
+            yield result
+
     try:
-        yield pool.map
+        yield bounded_map
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
