@@ -5,10 +5,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-MODELS       := maskrcnn efficientdet retinamask pspnet fcos
+MODELS       := $(patsubst tools/%/model.toml,%,$(wildcard tools/*/model.toml))
 # tools whose model.toml says status = "ready" (the data file is the one source of that fact)
 READY_MODELS := $(patsubst tools/%/model.toml,%,$(shell grep -l '^status *= *"ready"' tools/*/model.toml))
-STEPS        := env image onnx om data infer eval perf all
+STEPS        := env image image-test onnx om data infer eval perf all
 
 HOSTPY  ?= python3
 # the chip `npu-smi info` reports on this host, else 310P3 (the seeds' chip); CHIP= overrides
@@ -45,16 +45,17 @@ check_vars   = @for kv in CHIP='$(strip $(CHIP))' BATCH='$(strip $(BATCH))' TARG
 if_missing   = if [ -z "$(FORCE)" ] && [ -e $(1) ]; then echo "$(2): keeping $(1) (FORCE=1 redoes it)"; \
   else $(MAKE) --no-print-directory $(2); fi
 weights_flag = $(if $(WEIGHTS),--weights $(WEIGHTS))
-image_name   = ascend-vision/$(1):$(shell $(HOSTPY) -m common.envs hash $(1))
-# Ascend device passthrough (see README "Containers")
-DOCKER_NPU = --device=/dev/davinci$(DEVICE) --device=/dev/davinci_manager --device=/dev/devmm_svm \
-  --device=/dev/hisi_hdc -v /usr/local/dcmi:/usr/local/dcmi -v /usr/local/bin/npu-smi:/usr/local/bin/npu-smi \
-  -v /usr/local/Ascend/driver/lib64:/usr/local/Ascend/driver/lib64 \
-  -v /usr/local/Ascend/driver/version.info:/usr/local/Ascend/driver/version.info \
-  -v /etc/ascend_install.info:/etc/ascend_install.info \
-  -v /usr/local/Ascend/ascend-toolkit:/usr/local/Ascend/ascend-toolkit:ro
+# Images (common/containers.py): docker when a daemon answers, else buildah. BASE_IMAGE unset: the local base
+# from `make base-image` when there is one, else the Dockerfile's public python:3.9-slim-bullseye; BASE_IMAGE=
+# (empty): the public one. CA_BUNDLE (default: the system's; empty: none) and PIP_CONF reach pip as build secrets.
+NPU     ?= auto
+image_flags  = $(if $(filter undefined,$(origin BASE_IMAGE)),,--base-image '$(BASE_IMAGE)') \
+  $(if $(filter undefined,$(origin CA_BUNDLE)),,--ca-bundle '$(CA_BUNDLE)') $(if $(PIP_CONF),--pip-conf '$(PIP_CONF)')
 ifeq ($(RUNNER),docker)
-  run_py = docker run --rm $(DOCKER_NPU) -v $(CURDIR):/workspace -w /workspace $(call image_name,$(1)) python -m
+  # the tool's image with the host uid:gid, NPU devices (DEVICE=0,1: each), driver + toolkit mounts, OUT/DATA/WEIGHTS
+  # mounted at their own paths; the docker run command is printed first (README "Environments and containers")
+  run_py = $(HOSTPY) -m common.containers run $(1) --device '$(DEVICE)' --out '$(OUT)' --data '$(DATA)' \
+    --weights '$(WEIGHTS)' --npu $(NPU) -- python -m
   # the om step in the tool's image (CANN is mounted there)
   om_deps = $(1)-env
   om_py = $(call run_py,$(1))
@@ -67,7 +68,7 @@ else
   $(error unknown RUNNER '$(RUNNER)' (valid: venv, docker))
 endif
 
-.PHONY: help test test-slow lint demo doctor clean $(foreach m,$(MODELS),$(foreach s,$(STEPS),$(m)-$(s)))
+.PHONY: help test test-slow lint demo doctor clean base-image images test-images $(foreach m,$(MODELS),$(foreach s,$(STEPS),$(m)-$(s)))
 
 help: ## list the targets and variables
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -77,7 +78,7 @@ help: ## list the targets and variables
 	@echo
 	@echo "Model targets (M = $(MODELS)):"
 	@for m in $(MODELS); do printf "  %s\n" "$$(for s in $(STEPS); do printf '%s-%s ' $$m $$s; done)"; done
-	@echo "  env: build the tool's venv  image: docker image  onnx: export  om: ATC  data: preprocess"
+	@echo "  env: build the tool's venv  image: its image  image-test: its tests in the image  onnx: export  om: ATC  data: preprocess"
 	@echo "  infer: run BACKEND  eval: COCO/VOC metrics + report  perf: throughput  all: onnx (om) data infer eval,"
 	@echo "  skipping steps whose outputs exist (om only with BACKEND=ais_bench)"
 	@echo "  Ready: $(READY_MODELS); the others have their data file only (planned)."
@@ -108,6 +109,15 @@ demo: ## whole pipeline for DEMO_MODEL (random weights + a generated mini set un
 clean: ## remove $(OUT), only when everything in it was made by the tools (never ~, /, the repo)
 	$(HOSTPY) -m common.fsutil clean "$(OUT)"
 
+base-image: ## local Python 3.9 base image (Debian bullseye via mmdebstrap) for hosts no registry serves; FORCE=1 redoes it
+	$(HOSTPY) -m common.containers base-image $(if $(FORCE),--force)
+
+images: ## build every ready tool's image; one line each: name:tag, size, build time or "cached"
+	$(HOSTPY) -m common.containers images $(image_flags)
+
+test-images: ## build every ready tool's image and run its test suite inside it
+	$(HOSTPY) -m common.containers images --test $(image_flags)
+
 define ready_model
 $(1)-env:
 ifeq ($(RUNNER),docker)
@@ -116,8 +126,9 @@ else
 	$(HOSTPY) -m common.envs ensure $(1)
 endif
 $(1)-image:
-	docker build -f docker/Dockerfile --build-arg TOOL=$(1) \
-	  --build-arg PYTHON_VERSION=$$$$($(HOSTPY) -m common.envs python-version $(1)) -t $$(call image_name,$(1)) .
+	$(HOSTPY) -m common.containers build $(1) $$(image_flags)
+$(1)-image-test: $(1)-image
+	$(HOSTPY) -m common.containers test $(1)
 $(1)-onnx: $(1)-env
 	$$(call check_vars)
 	$$(call run_py,$(1)) tools.$(1) export --out $(OUT)/$(1)/onnx --batch $(BATCH) --target $(TARGET) \
