@@ -15,3 +15,14 @@ def run_make(*args: str, out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": "/usr/bin:/bin", "ASCEND_TOOLKIT_HOME": str(out / "no-cann")}
     return subprocess.run(["make", "--no-print-directory", f"HOSTPY={sys.executable}", "RUNNER=venv",
                            f"OUT={out}", *args], cwd=REPO, capture_output=True, text=True, env=env)
+
+
+def fake_cann(root: Path) -> Path:
+    """A CANN-like toolkit at ``root`` whose atc writes ``--output`` + .om (and no other file), as the real one does."""
+    (root / "bin").mkdir(parents=True)
+    atc = root / "bin" / "atc"
+    atc.write_text('#!/bin/sh\nfor a in "$@"; do case $a in --output=*) out=${a#--output=};; esac; done\n'
+                   'echo "ATC run success"; touch "$out.om"\n')
+    atc.chmod(0o755)
+    (root / "set_env.sh").write_text(f"export PATH={root / 'bin'}:$PATH\n")
+    return root

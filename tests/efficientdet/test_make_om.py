@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from common.spec import load_spec
+from tests.makehelpers import fake_cann
 from tests.makehelpers import run_make as make
 
 SPEC = load_spec("efficientdet")
@@ -59,13 +60,7 @@ def test_om_records_the_onnx_and_checkpoint_it_came_from(tmp_path):
     _placeholder_onnx(onnx_path)
     weights = {"file": "/w/d0.pth", "sha256": "ab" * 32, "verified": True}
     onnx_path.with_suffix(".parity.json").write_text(json.dumps({"ok": True, "weights": weights}))
-    toolkit = tmp_path / "no-cann"  # run_make points ASCEND_TOOLKIT_HOME here
-    (toolkit / "bin").mkdir(parents=True)
-    atc = toolkit / "bin" / "atc"
-    atc.write_text('#!/bin/sh\nfor a in "$@"; do case $a in --output=*) out=${a#--output=};; esac; done\n'
-                   'touch "$out.om"\n')
-    atc.chmod(0o755)
-    (toolkit / "set_env.sh").write_text(f"export PATH={toolkit / 'bin'}:$PATH\n")
+    fake_cann(tmp_path / "no-cann")  # run_make points ASCEND_TOOLKIT_HOME here
     proc = make("efficientdet-om", "CHIP=310P3", out=tmp_path)
     assert proc.returncode == 0, proc.stderr
     om = tmp_path / "efficientdet" / "om" / "efficientdet_ascend_bs1_Ascend310P3.om"

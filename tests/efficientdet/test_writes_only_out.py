@@ -16,21 +16,11 @@ import pytest
 from common import envs
 from common.demococo import make_mini_coco
 from tests import fswatch
+from tests.makehelpers import fake_cann
 
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(not fswatch.available(), reason="strace is not installed")
-
-
-def fake_cann(root: Path) -> Path:
-    """A CANN-like toolkit whose atc writes ``--output`` + .om (and nothing else), as the real one does."""
-    (root / "bin").mkdir(parents=True)
-    atc = root / "bin" / "atc"
-    atc.write_text('#!/bin/sh\nfor a in "$@"; do case $a in --output=*) out=${a#--output=};; esac; done\n'
-                   'touch "$out.om"\n')
-    atc.chmod(0o755)
-    (root / "set_env.sh").write_text(f"export PATH={root / 'bin'}:$PATH\n")
-    return root
 
 
 def allowed(path: Path, out: Path) -> bool:

@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, save
 
 from common.spec import MODELS, load_spec
-from tests.makehelpers import REPO
+from tests.makehelpers import REPO, fake_cann
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
 
@@ -48,17 +48,6 @@ def host_python(tmp_path: Path) -> tuple[Path, Path]:
                       f'exec {sys.executable} "$@"\n')
     script.chmod(0o755)
     return script, log
-
-
-def fake_cann(root: Path) -> Path:
-    """A CANN-like toolkit whose atc writes ``--output`` + .om, as the real one does."""
-    (root / "bin").mkdir(parents=True)
-    atc = root / "bin" / "atc"
-    atc.write_text('#!/bin/sh\nfor a in "$@"; do case $a in --output=*) out=${a#--output=};; esac; done\n'
-                   'echo "ATC run success"; touch "$out.om"\n')
-    atc.chmod(0o755)
-    (root / "set_env.sh").write_text(f"export PATH={root / 'bin'}:$PATH\n")
-    return root
 
 
 def make_om(tmp_path: Path, model: str, *args: str, cann: Path | None = None) -> subprocess.CompletedProcess:
