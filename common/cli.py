@@ -14,11 +14,11 @@ from typing import Optional
 
 import typer
 
+from common.contract import TARGETS
 from common.errors import ToolError
 from common.exportrecord import export_checked, parity_of, weights_of
 from common.report import command_argv, provenance
 
-TARGETS = ("ascend", "onnx")
 BACKENDS = ("onnxruntime", "ais_bench")
 
 
@@ -60,7 +60,7 @@ def build_app(model: str) -> typer.Typer:
                       help=f"{model}: export, compile, preprocess, infer, evaluate, benchmark.")
 
     def tool():
-        from common.pipeline import load_tool
+        from common.contract import load_tool
 
         return load_tool(model)
 
@@ -82,8 +82,6 @@ def build_app(model: str) -> typer.Typer:
                                                    help="symbolic batch axis (targets that allow it)"),
                force: bool = FORCE) -> None:
         """PyTorch checkpoint -> static ONNX (+ parity report against PyTorch)."""
-        import inspect
-
         from common.weights import fetch
 
         with _user_errors(out):
@@ -92,7 +90,7 @@ def build_app(model: str) -> typer.Typer:
             t.SPEC.check_batch(batch)
             extra = {}
             if dynamic_batch:
-                if "dynamic_batch" not in inspect.signature(t.export).parameters:
+                if not t.SPEC.capabilities.dynamic_batch:
                     raise ToolError(f"the {model} export has static shapes only (what ATC compiles); "
                                     "drop --dynamic-batch")
                 extra["dynamic_batch"] = True

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import itertools
 import json
 import os
@@ -23,6 +22,7 @@ from types import ModuleType
 
 import numpy as np
 
+from common.contract import load_tool  # noqa: F401  (re-exported: the steps' entry point)
 from common.dataset import open_dataset, read_image_bgr
 from common.errors import ToolError
 from common.fsutil import exclusive_lock, os_error_message, read_json, write_json_atomic
@@ -36,18 +36,6 @@ RUN_META_NAME = ".progress-meta.json"
 #: hidden siblings of an output folder: the rebuild of a --force run, and the old folder while swapping
 FORCE_SUFFIX = ".force.part"
 OLD_SUFFIX = ".old.part"
-
-
-def load_tool(model: str) -> ModuleType:
-    """Import ``tools.<model>.tool`` (the model's hooks)."""
-    from common.spec import MODELS, load_spec
-
-    if model not in MODELS:
-        raise ToolError(f"unknown model '{model}' (valid: {', '.join(MODELS)})")
-    spec = load_spec(model)
-    if spec.status != "ready":
-        raise ToolError(f"the {model} tool is {spec.status}: only its data file ({spec.path}) exists so far")
-    return importlib.import_module(f"tools.{model}.tool")
 
 
 class Progress:

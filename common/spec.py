@@ -78,6 +78,14 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a tool may do beyond the contract's required hooks (model.toml ``[capabilities]``)."""
+
+    #: ``export --dynamic-batch``: a symbolic batch axis (onnxruntime; ATC wants static shapes)
+    dynamic_batch: bool = False
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     title: str
@@ -90,6 +98,7 @@ class ModelSpec:
     atc: dict[str, Any]
     published: dict[str, Any]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    capabilities: Capabilities = Capabilities()
 
     @property
     def status(self) -> str:
@@ -130,6 +139,18 @@ def _choice(path: Path, section: dict, key: str, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise ToolError(f"{path}: [input] {key} = {value!r} is not one of {', '.join(valid)}: fix the data file")
     return value
+
+
+def _capabilities(path: Path, section: dict) -> Capabilities:
+    known = set(Capabilities.__dataclass_fields__)
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ToolError(f"{path}: [capabilities] has unknown key(s) {', '.join(unknown)} "
+                        f"(known: {', '.join(sorted(known))})")
+    bad = [k for k, v in section.items() if not isinstance(v, bool)]
+    if bad:
+        raise ToolError(f"{path}: [capabilities] {bad[0]} must be true or false")
+    return Capabilities(**section)
 
 
 def load_spec(model: str | Path) -> ModelSpec:
@@ -173,6 +194,7 @@ def load_spec(model: str | Path) -> ModelSpec:
             name=raw["name"], title=raw["title"], task=raw["task"], dataset=raw["dataset"],
             path=path, weights=weights, input=inp, outputs=outputs,
             atc=raw.get("atc", {}), published=raw.get("published", {}), raw=raw,
+            capabilities=_capabilities(path, raw.get("capabilities", {})),
         )
     except KeyError as err:
         raise ToolError(f"model data file {path} lacks required key {err}") from None

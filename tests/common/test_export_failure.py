@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, save
 
-from common import cli, pipeline
+from common import cli, contract
 from common.spec import load_spec
 
 
@@ -40,7 +40,7 @@ def fake_tool(monkeypatch):
                                                   "atol": 1e-3, "rtol": 1e-3, "ok": tool.parity_ok}]}
 
     tool.export = export
-    monkeypatch.setattr(pipeline, "load_tool", lambda model: tool)
+    monkeypatch.setattr(contract, "load_tool", lambda model: tool)
     return tool
 
 
