@@ -8,7 +8,7 @@ SHELL := /bin/bash
 MODELS       := $(patsubst tools/%/model.toml,%,$(wildcard tools/*/model.toml))
 # tools whose model.toml says status = "ready" (the data file is the one source of that fact)
 READY_MODELS := $(patsubst tools/%/model.toml,%,$(shell grep -l '^status *= *"ready"' tools/*/model.toml))
-STEPS        := env image image-test onnx om data infer eval perf all
+STEPS        := env image image-test onnx om data infer eval stream perf all
 
 HOSTPY  ?= python3
 # the chip `npu-smi info` reports on this host, else 310P3 (the seeds' chip); CHIP= overrides
@@ -25,6 +25,9 @@ TUNE    ?=
 OUT     ?= out
 FORCE   ?=
 DYNAMIC_BATCH ?=
+# float: the tool's normalised tensors (the recipes); uint8: the canvas before normalisation, normalised on the
+# NPU by AIPP (ATC --insert_op_conf) or by a prologue in the ONNX for onnxruntime (common/aipp.py)
+INPUT   ?= float
 DEMO_MODEL ?= efficientdet
 # docker when an engine answers, else a per-tool virtualenv; RUNNER=venv|docker overrides
 RUNNER  ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo venv)
@@ -33,13 +36,15 @@ force_flag   = $(if $(FORCE),--force)
 # CHIP in its one spelling (310p3, Ascend310P3 -> Ascend310P3), asked once and only where a .om is named
 SOC          = $(eval SOC := $$(shell $$(HOSTPY) -m common.cann soc '$$(CHIP)' 2>/dev/null))$(SOC)
 # the .om ATC writes for tool $(1) at batch $(2): the export target is in the name (both targets compile)
-om_file      = $(OUT)/$(1)/om/$(1)_$(TARGET)_bs$(2)_$(SOC).om
+# INPUT=uint8 files carry _uint8 (its data, results and models live beside the float ones)
+u8           = $(if $(filter uint8,$(INPUT)),_uint8)
+om_file      = $(OUT)/$(1)/om/$(1)_$(TARGET)_bs$(2)$(u8)_$(SOC).om
 # the model file a backend runs for tool $(1) at batch $(2): the .om under ais_bench, else the .onnx
-model_file   = $(if $(filter ais_bench,$(BACKEND)),$(call om_file,$(1),$(2)),$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(2).onnx)
+model_file   = $(if $(filter ais_bench,$(BACKEND)),$(call om_file,$(1),$(2)),$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(2)$(u8).onnx)
 # first recipe line of a step: an empty CHIP/BATCH/TARGET/BACKEND is refused (the tool would see a missing
 # argument), and so is an unknown CHIP when the step names a .om ($(1) not empty)
 check_vars   = @for kv in CHIP='$(strip $(CHIP))' BATCH='$(strip $(BATCH))' TARGET='$(strip $(TARGET))' \
-  BACKEND='$(strip $(BACKEND))'; do [ -n "$${kv\#*=}" ] || { echo "error: $${kv%%=*} is empty: give it a value or \
+  BACKEND='$(strip $(BACKEND))' INPUT='$(strip $(INPUT))'; do [ -n "$${kv\#*=}" ] || { echo "error: $${kv%%=*} is empty: give it a value or \
   leave it out for its default (make help lists them)" >&2; exit 2; }; done $(if $(1),&& $(HOSTPY) -m common.cann soc '$(CHIP)' >/dev/null)
 # M-all: run step $(2) unless its finished output $(1) is there (a rerun continues where it stopped)
 if_missing   = if [ -z "$(FORCE)" ] && [ -e $(1) ]; then echo "$(2): keeping $(1) (FORCE=1 redoes it)"; \
@@ -79,7 +84,8 @@ help: ## list the targets and variables
 	@echo "Model targets (M = $(MODELS)):"
 	@for m in $(MODELS); do printf "  %s\n" "$$(for s in $(STEPS); do printf '%s-%s ' $$m $$s; done)"; done
 	@echo "  env: build the tool's venv  image: its image  image-test: its tests in the image  onnx: export  om: ATC  data: preprocess"
-	@echo "  infer: run BACKEND  eval: COCO/VOC metrics + report  perf: throughput  all: onnx (om) data infer eval,"
+	@echo "  infer: run BACKEND  eval: COCO/VOC metrics + report  stream: data+infer+eval in one pass, no files"
+	@echo "  perf: throughput  all: onnx (om) data infer eval,"
 	@echo "  skipping steps whose outputs exist (om only with BACKEND=ais_bench)"
 	@echo "  Ready: $(READY_MODELS); the others have their data file only (planned)."
 	@echo
@@ -88,6 +94,7 @@ help: ## list the targets and variables
 	@echo "  FORCE=1 (overwrite outputs) DYNAMIC_BATCH=1 (M-onnx, targets that allow it) RUNNER=$(RUNNER) (venv|docker)"
 	@echo "  NO_VERIFY=1 (M-onnx: WEIGHTS is your own checkpoint, no published checksum) SKIP_BAD=1 (M-data: leave out"
 	@echo "  unreadable images, recorded; mAP marked partial) WORKERS=N (M-data: images at once; default one per core)"
+	@echo "  INPUT=$(INPUT) (float|uint8: uint8 canvases normalised on the NPU by AIPP / in the ONNX; tools that declare it)"
 
 test: ## build the environments once (cached) and run every test suite
 	$(HOSTPY) tests/run.py
@@ -133,24 +140,32 @@ $(1)-onnx: $(1)-env
 	$$(call check_vars)
 	$$(call run_py,$(1)) tools.$(1) export --out $(OUT)/$(1)/onnx --batch $(BATCH) --target $(TARGET) \
 	  $(weights_flag) $(force_flag) $(if $(DYNAMIC_BATCH),--dynamic-batch) $(if $(NO_VERIFY),--no-verify)
+	$(if $(u8),$$(call om_py,$(1)) common.aipp onnx --model $(1) \
+	  --onnx $(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx $(force_flag))
 $(1)-om: $$(call om_deps,$(1))
 	$$(call check_vars,om)
 	$$(call om_py,$(1)) common.atc --model $(1) --onnx $(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx \
 	  --target $(TARGET) --out $(OUT)/$(1)/om --chip $(CHIP) --batch $(BATCH) --device $(DEVICE) \
-	  $(if $(TUNE),--tune $(TUNE)) $(force_flag)
+	  $(if $(TUNE),--tune $(TUNE)) --input $(INPUT) $(force_flag)
 $(1)-data: $(1)-env
 	@test -n "$(DATA)" || { echo "error: DATA=<dataset root> is required for $(1)-data" >&2; exit 2; }
-	$$(call run_py,$(1)) tools.$(1) data --data $(DATA) --out $(OUT)/$(1)/data $(force_flag) $(if $(SKIP_BAD),--skip-bad) \
-	  $(if $(WORKERS),--workers $(WORKERS))
+	$$(call run_py,$(1)) tools.$(1) data --data $(DATA) --out $(OUT)/$(1)/data$(u8) $(force_flag) $(if $(SKIP_BAD),--skip-bad) \
+	  $(if $(WORKERS),--workers $(WORKERS)) --input $(INPUT)
 $(1)-infer: $(1)-env
 	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
 	$$(call run_py,$(1)) tools.$(1) infer --model $$(call model_file,$(1),$(BATCH)) \
-	  --prep $(OUT)/$(1)/data --out $(OUT)/$(1)/infer --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) $(force_flag)
+	  --prep $(OUT)/$(1)/data$(u8) --out $(OUT)/$(1)/infer$(u8) --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) $(force_flag)
 $(1)-eval: $(1)-env
 	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
-	$$(call run_py,$(1)) tools.$(1) eval --prep $(OUT)/$(1)/data --results $(OUT)/$(1)/infer/$(1)_$(BACKEND)_bs$(BATCH) \
+	$$(call run_py,$(1)) tools.$(1) eval --prep $(OUT)/$(1)/data$(u8) --results $(OUT)/$(1)/infer$(u8)/$(1)_$(BACKEND)_bs$(BATCH) \
 	  --model $$(call model_file,$(1),$(BATCH)) \
-	  --out $(OUT)/$(1)/eval --target $(TARGET) --backend $(BACKEND) --batch $(BATCH) $(force_flag)
+	  --out $(OUT)/$(1)/eval$(u8) --target $(TARGET) --backend $(BACKEND) --batch $(BATCH) $(force_flag)
+$(1)-stream: $(1)-env
+	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
+	@test -n "$(DATA)" || { echo "error: DATA=<dataset root> is required for $(1)-stream" >&2; exit 2; }
+	$$(call run_py,$(1)) tools.$(1) stream --model $$(call model_file,$(1),$(BATCH)) --data $(DATA) \
+	  --out $(OUT)/$(1)/stream$(u8) --target $(TARGET) --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) \
+	  --input $(INPUT) $(if $(WORKERS),--workers $(WORKERS)) $(if $(SKIP_BAD),--skip-bad) $(force_flag)
 $(1)-perf: $(1)-env
 	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
 	for b in $(BATCH); do \
@@ -159,11 +174,11 @@ $(1)-perf: $(1)-env
 	done
 $(1)-all: $(1)-env
 	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
-	@$$(call if_missing,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH).onnx,$(1)-onnx)
+	@$$(call if_missing,$(OUT)/$(1)/onnx/$(1)_$(TARGET)_bs$(BATCH)$(u8).onnx,$(1)-onnx)
 	$$(if $$(filter ais_bench,$(BACKEND)),@$$(call if_missing,$$(call om_file,$(1),$(BATCH)),$(1)-om))
-	@$$(call if_missing,$(OUT)/$(1)/data/manifest.json,$(1)-data)
-	@$$(call if_missing,$(OUT)/$(1)/infer/$(1)_$(BACKEND)_bs$(BATCH),$(1)-infer)
-	@$$(call if_missing,$(OUT)/$(1)/eval/report.json,$(1)-eval)
+	@$$(call if_missing,$(OUT)/$(1)/data$(u8)/manifest.json,$(1)-data)
+	@$$(call if_missing,$(OUT)/$(1)/infer$(u8)/$(1)_$(BACKEND)_bs$(BATCH),$(1)-infer)
+	@$$(call if_missing,$(OUT)/$(1)/eval$(u8)/report.json,$(1)-eval)
 endef
 
 define planned_model

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.aipp import aipp_config, aipp_params, check_input_format
 from common.cann import set_env_script, soc_version
 from common.errors import ToolError
 from common.fsutil import os_error_message, write_json_atomic, write_text_atomic
@@ -53,12 +54,14 @@ def _shell_word(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def om_stem(spec: ModelSpec, target: str, batch: int, chip: str) -> str:
+def om_stem(spec: ModelSpec, target: str, batch: int, chip: str, input_format: str = "float") -> str:
     """``fcos_ascend_bs1_Ascend310P3``: the target is in the name (both targets compile), the chip
-    in its one normalised spelling (so CHIP=310P3 and CHIP=Ascend310P3 name the same file)."""
+    in its one normalised spelling (so CHIP=310P3 and CHIP=Ascend310P3 name the same file);
+    ``_uint8`` marks a model that takes uint8 canvases (AIPP normalises, common.aipp)."""
     if target not in spec.outputs:
         raise ToolError(f"unknown TARGET '{target}' (valid: {', '.join(sorted(spec.outputs))})")
-    return f"{spec.name}_{target}_bs{batch}_{soc_version(chip)}"
+    suffix = "_uint8" if check_input_format(input_format) == "uint8" else ""
+    return f"{spec.name}_{target}_bs{batch}{suffix}_{soc_version(chip)}"
 
 
 def _common_flags(spec: ModelSpec, onnx_path: Path, chip: str, batch: int, input_name: str | None) -> list[str]:
@@ -75,11 +78,16 @@ def _common_flags(spec: ModelSpec, onnx_path: Path, chip: str, batch: int, input
 
 def build_atc(spec: ModelSpec, onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, chip: str,
               batch: int, target: str = "ascend", out_nodes: list[str] | None = None,
-              input_name: str | None = None, log: str = "error") -> CompileJob:
-    """The atc command for this model, target, chip and batch size, from the [atc] table of model.toml."""
+              input_name: str | None = None, log: str = "error", input_format: str = "float") -> CompileJob:
+    """The atc command for this model, target, chip and batch size, from the [atc] table of model.toml.
+
+    ``input_format="uint8"`` adds ``--insert_op_conf`` with the static AIPP config that normalises
+    on the NPU (common.aipp); the .om then takes uint8 NHWC canvases (``data --input uint8``).
+    """
     spec.check_batch(batch)
     out_dir = Path(out_dir)
-    prefix = out_dir / om_stem(spec, target, batch, chip)
+    stem = om_stem(spec, target, batch, chip, input_format)
+    prefix = out_dir / stem
     argv = ["atc", *_common_flags(spec, Path(onnx_path), chip, batch, input_name), f"--output={prefix}",
             f"--log={log}"]
     side: dict[Path, str] = {}
@@ -92,7 +100,11 @@ def build_atc(spec: ModelSpec, onnx_path: str | os.PathLike, out_dir: str | os.P
         mixlist = out_dir / f"{spec.name}_mixlist.json"
         side[mixlist] = json.dumps(atc["modify_mixlist"], indent=2) + "\n"
         argv.append(f"--modify_mixlist={mixlist}")
-    if atc.get("input_fp16_nodes"):
+    if input_format == "uint8":
+        config = out_dir / f"{stem}_aipp.cfg"
+        side[config] = aipp_config(aipp_params(spec.input))
+        argv.append(f"--insert_op_conf={config}")
+    elif atc.get("input_fp16_nodes"):  # an AIPP input is uint8: no fp16 input then
         argv.append(f"--input_fp16_nodes={atc['input_fp16_nodes']}")
     argv.extend(atc.get("extra", []))
     return CompileJob(argv=argv, output=prefix.with_suffix(".om"), side_files=side)
@@ -140,7 +152,7 @@ def graph_io(spec: ModelSpec, onnx_path: Path, *, target: str, batch: int) -> tu
 
 def compile_om(spec: ModelSpec, onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, chip: str,
                batch: int = 1, target: str = "ascend", tune: str | None = None, device: int = 0,
-               force: bool = False) -> Path:
+               force: bool = False, input_format: str = "float") -> Path:
     """The om step of every tool: ONNX -> .om (ATC, or AOE with ``tune``) + a record of its source.
 
     Without the ONNX file the command is still built (input and out nodes from model.toml) and
@@ -151,12 +163,14 @@ def compile_om(spec: ModelSpec, onnx_path: str | os.PathLike, out_dir: str | os.
         input_name, out_nodes = graph_io(spec, onnx_path, target=target, batch=batch)
     else:  # the export guarantees these names
         input_name, out_nodes = spec.input.name, [o.name for o in spec.outputs_for(target)]
+    if tune and input_format != "float":
+        raise ToolError("AOE tuning here compiles float inputs only: drop TUNE or use INPUT=float")
     if tune:
         job = build_aoe(spec, onnx_path, out_dir, chip=chip, batch=batch, tune=tune, target=target,
                         device=device, input_name=input_name)
     else:
         job = build_atc(spec, onnx_path, out_dir, chip=chip, batch=batch, target=target,
-                        out_nodes=out_nodes or None, input_name=input_name)
+                        out_nodes=out_nodes or None, input_name=input_name, input_format=input_format)
     if not onnx_path.is_file():
         raise ToolError(f"ONNX model {onnx_path} not found: run `make {spec.name}-onnx"
                         f"{'' if target == 'ascend' else ' TARGET=' + target}"
@@ -216,11 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="ascend", help="the export target of the ONNX: ascend | onnx")
     parser.add_argument("--tune", help="AOE tuning: subgraph | op")
     parser.add_argument("--device", type=int, default=0)
+    parser.add_argument("--input", default="float", dest="input_format",
+                        help="float (the data step's tensors) | uint8 (AIPP normalises on the NPU)")
     parser.add_argument("--force", action="store_true", help="rebuild an existing .om")
     args = parser.parse_args(argv)
     try:
         print(compile_om(load_spec(args.model), args.onnx, args.out, chip=args.chip, batch=args.batch,
-                         target=args.target, tune=args.tune, device=args.device, force=args.force))
+                         target=args.target, tune=args.tune, device=args.device, force=args.force,
+                         input_format=args.input_format))
     except OSError as err:  # a read-only or full OUT: one line naming the path, never a traceback
         print(f"error: {os_error_message(err, args.out)}", file=sys.stderr)
         return 2

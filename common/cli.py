@@ -14,12 +14,11 @@ from typing import Optional
 
 import typer
 
-from common.contract import TARGETS
+from common.backends import BACKENDS
+from common.contract import check_target
 from common.errors import ToolError
 from common.exportrecord import export_checked, parity_of, weights_of
 from common.report import command_argv, provenance
-
-BACKENDS = ("onnxruntime", "ais_bench")
 
 
 def _fail(err: ToolError) -> None:
@@ -53,6 +52,30 @@ def _choice(value: str, valid: tuple[str, ...], name: str) -> str:
 
 #: every command that writes results refuses to overwrite them unless asked
 FORCE = typer.Option(False, "--force", help="overwrite existing outputs")
+#: what the data step writes and the .om takes (common.aipp)
+INPUT = typer.Option("float", "--input", help="float (normalised tensors) | uint8 (canvas; AIPP normalises on the NPU)")
+
+
+def _model_provenance(backend: str, batch: int, device: str, model_file: Path | None):
+    """(provenance, notes) of a report: what ran, and the checkpoint and parity behind the model file."""
+    from common.weights import describe_weights
+
+    prov = provenance(backend, batch, device, model_file)
+    notes: tuple[str, ...] = ()
+    if model_file is not None:
+        record = weights_of(model_file)
+        prov.weights = describe_weights(record)
+        prov.parity = parity_of(model_file)
+        if record and not record.get("verified"):
+            notes = (f"UNVERIFIED WEIGHTS: {prov.weights}",)
+    return prov, notes
+
+
+def _print_report(out: Path) -> None:
+    from common.report import report_location
+
+    print((out / "report.md").read_text())
+    print(report_location(out))
 
 
 def build_app(model: str) -> typer.Typer:
@@ -82,18 +105,19 @@ def build_app(model: str) -> typer.Typer:
                                                    help="symbolic batch axis (targets that allow it)"),
                force: bool = FORCE) -> None:
         """PyTorch checkpoint -> static ONNX (+ parity report against PyTorch)."""
+        from common.spec import load_spec
         from common.weights import fetch
 
         with _user_errors(out):
-            t = tool()
-            _choice(target, TARGETS, "TARGET")
-            t.SPEC.check_batch(batch)
+            check_target(target)
             extra = {}
-            if dynamic_batch:
-                if not t.SPEC.capabilities.dynamic_batch:
+            if dynamic_batch:  # declared in model.toml: refused before the tool's packages are imported
+                if not load_spec(model).capabilities.dynamic_batch:
                     raise ToolError(f"the {model} export has static shapes only (what ATC compiles); "
                                     "drop --dynamic-batch")
                 extra["dynamic_batch"] = True
+            t = tool()
+            t.SPEC.check_batch(batch)
             path = out / f"{model}_{target}_{'dynbatch' if dynamic_batch else f'bs{batch}'}.onnx"
             if path.exists() and not force:
                 raise ToolError(f"{path} already exists: pass --force to overwrite it")
@@ -106,7 +130,7 @@ def build_app(model: str) -> typer.Typer:
            chip: str = typer.Option(..., help="SoC name from `npu-smi info`, e.g. 310P3"),
            batch: int = 1, target: str = typer.Option("ascend", help="the ONNX's export target: ascend | onnx"),
            tune: Optional[str] = typer.Option(None, help="AOE tuning: subgraph | op"),
-           device: int = 0, force: bool = FORCE) -> None:
+           device: int = 0, input_format: str = INPUT, force: bool = FORCE) -> None:
         """ONNX -> .om with ATC (or AOE tuning); prints the exact command when CANN is absent.
 
         The same step as ``python -m common.atc`` (what `make M-om` runs, without this tool's packages).
@@ -116,7 +140,7 @@ def build_app(model: str) -> typer.Typer:
 
         with _user_errors(out):
             print(compile_om(load_spec(model), onnx, out, chip=chip, batch=batch, target=target, tune=tune,
-                             device=device, force=force))
+                             device=device, force=force, input_format=input_format))
 
     @app.command()
     def data(data: Path = typer.Option(..., help="COCO root (val2017/ + annotations/) or VOC2012 root"),
@@ -124,7 +148,7 @@ def build_app(model: str) -> typer.Typer:
              skip_bad: bool = typer.Option(False, "--skip-bad",
                                            help="leave out unreadable images (recorded; mAP partial)"),
              workers: int = typer.Option(0, help="images preprocessed at once (0: one per CPU core, at most 8)"),
-             force: bool = FORCE) -> None:
+             input_format: str = INPUT, force: bool = FORCE) -> None:
         """Preprocess a dataset into .bin tensors + manifest.json + .info files (resumable)."""
         from common.pipeline import preprocess_dataset
 
@@ -133,13 +157,14 @@ def build_app(model: str) -> typer.Typer:
 
         with _user_errors(out):
             m = preprocess_dataset(tool(), data, out, limit=limit, skip_bad=skip_bad, force=force,
-                                   workers=workers)
+                                   workers=workers, input_format=input_format)
             print(f"{len(m.entries)} tensors in {out}" + (f" ({len(m.skipped)} skipped)" if m.skipped else ""))
 
     @app.command()
     def infer(model_file: Path = typer.Option(..., "--model", help=".onnx or .om"),
               prep: Path = typer.Option(..., help="preprocessed dataset directory"),
-              out: Path = typer.Option(...), backend: str = "onnxruntime", batch: int = 1, device: int = 0,
+              out: Path = typer.Option(...), backend: str = "onnxruntime", batch: int = 1,
+              device: str = typer.Option("0", help="NPU id, or several (0,1,2,3): one shard per device"),
               force: bool = FORCE) -> None:
         """Run inference; writes ais_bench's layout (<out>/<dirname>/<stem>_<k>.bin + summary)."""
         from common.pipeline import run_inference
@@ -157,39 +182,58 @@ def build_app(model: str) -> typer.Typer:
                      model_file: Optional[Path] = typer.Option(None, "--model"), force: bool = FORCE) -> None:
         """Postprocess results and evaluate (COCO mAP); report.json + report.md beside the published figures."""
         from common.pipeline import evaluate
-        from common.report import report_location
-        from common.weights import describe_weights
 
         with _user_errors(out):
-            _choice(target, TARGETS, "TARGET")
-            prov = provenance(backend, batch, device, model_file)
-            notes: tuple[str, ...] = ()
-            if model_file is not None:
-                record = weights_of(model_file)
-                prov.weights = describe_weights(record)
-                prov.parity = parity_of(model_file)
-                if record and not record.get("verified"):
-                    notes = (f"UNVERIFIED WEIGHTS: {prov.weights}",)
+            check_target(target)
+            prov, notes = _model_provenance(backend, batch, device, model_file)
             evaluate(tool(), prep, results, out, target=target, annotation_file=annotations,
                      provenance=prov, notes=notes, force=force)
-            print((out / "report.md").read_text())
-            print(report_location(out))
+            _print_report(out)
+
+    @app.command()
+    def stream(model_file: Path = typer.Option(..., "--model", help=".onnx (onnxruntime) or .om (ais_bench API)"),
+               data: Path = typer.Option(..., help="COCO root (val2017/ + annotations/) or VOC2012 root"),
+               out: Path = typer.Option(...), target: str = "ascend", backend: str = "onnxruntime",
+               batch: int = 1, device: int = 0,
+               workers: int = typer.Option(0, help="images preprocessed at once (0: one per CPU core, at most 8)"),
+               limit: Optional[int] = None,
+               skip_bad: bool = typer.Option(False, "--skip-bad",
+                                             help="leave out unreadable images (recorded; mAP partial)"),
+               input_format: str = INPUT,
+               annotations: Optional[Path] = typer.Option(None, help="default: the dataset's own"),
+               force: bool = FORCE) -> None:
+        """data + infer + eval in one pass, in overlapping stages, writing no tensor or result files."""
+        from common.streaming import stream_evaluate
+
+        with _user_errors(out):
+            check_target(target)
+            _choice(backend, BACKENDS, "BACKEND")
+            label = "cpu" if backend == "onnxruntime" else f"npu:{device}"
+            prov, notes = _model_provenance(backend, batch, label, model_file)
+            stream_evaluate(tool(), data, model_file, out, target=target, provenance=prov, backend=backend,
+                            batch=batch, device=device, workers=workers or min(8, os.cpu_count() or 1),
+                            limit=limit, skip_bad=skip_bad, input_format=input_format,
+                            annotation_file=annotations, notes=notes, force=force)
+            _print_report(out)
 
     @app.command()
     def perf(model_file: Path = typer.Option(..., "--model"), out: Path = typer.Option(...),
              prep: Optional[Path] = typer.Option(None, help="dataset to run on (default: synthetic inputs)"),
              backend: str = "onnxruntime", batch: list[int] = typer.Option([1]), device: int = 0,
-             loop: int = 5, force: bool = FORCE) -> None:
+             loop: int = 5,
+             warmup: int = typer.Option(1, help="cold runs before timing (ais_bench --warmup_count), reported apart"),
+             force: bool = FORCE) -> None:
         """Throughput per batch size (ais_bench summary fields), beside the published figures.
 
         Rows add up in OUT/perf.json across calls, one per backend and batch size.
         """
-        from common.perf import measure_throughput
+        from common.throughput import measure_throughput
 
         with _user_errors(out):
             _choice(backend, BACKENDS, "BACKEND")
             print(measure_throughput(tool().SPEC, model_file, out, backend=backend, batches=batch,
-                                     device=device, loop=loop, prep_dir=prep, force=force, argv=command_argv()))
+                                     device=device, loop=loop, warmup=warmup, prep_dir=prep, force=force,
+                                     argv=command_argv()))
 
     @app.command()
     def demo(out: Optional[Path] = typer.Option(None, help=f"output directory (default: out/demo/{model}, "

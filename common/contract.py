@@ -10,6 +10,8 @@ What a tool *may* do (a symbolic batch axis, ...) is declared as data in its mod
 (:class:`common.spec.Capabilities`), never discovered by inspecting the module's functions.
 
 Adding a model: copy a ready tool's folder, rename it, fill in model.toml, implement the hooks.
+A tool finds its own data file and CLI name from its folder (``Path(__file__).parent.name``), so a
+copy runs as the new model, never silently as the one it was copied from.
 """
 
 from __future__ import annotations
@@ -86,6 +88,18 @@ class Tool(Protocol):
         """
 
 
+class Uint8InputTool(Tool, Protocol):
+    """A tool whose model.toml declares ``[capabilities] uint8_input = true`` also provides this."""
+
+    def pixels(self, image_bgr: np.ndarray) -> tuple[np.ndarray, Scale, Padding]:
+        """:meth:`Tool.preprocess` before normalisation: (HWC uint8 BGR canvas of the input's size,
+        scale, padding), with the same geometry. The NPU (AIPP) or the ONNX prologue normalises it
+        (:mod:`common.aipp`); the padding holds the pixel nearest the mean."""
+
+
+#: hooks a declared capability requires (capability -> hook)
+CAPABILITY_HOOKS = {"uint8_input": "pixels"}
+
 #: the hooks :func:`load_tool` checks for, in the order :class:`Tool` lists them
 REQUIRED_HOOKS = ("SPEC", "random_checkpoint", "load_model", "export", "preprocess", "postprocess",
                   "oracle_outputs")
@@ -108,6 +122,10 @@ def check_tool(module: ModuleType, where: str) -> ModuleType:
     if not isinstance(module.SPEC, ModelSpec):
         raise ToolError(f"{where}: SPEC must be the model's data file (common.spec.load_spec), "
                         f"not {type(module.SPEC).__name__}")
+    for capability, hook in CAPABILITY_HOOKS.items():
+        if getattr(module.SPEC.capabilities, capability) and not callable(getattr(module, hook, None)):
+            raise ToolError(f"{where} lacks the hook '{hook}' that its model.toml's [capabilities] {capability} "
+                            "promises (the tool contract: common/contract.py)")
     return module
 
 
@@ -120,6 +138,11 @@ def load_tool(model: str) -> Tool:
     spec = load_spec(model)
     if spec.status != "ready":
         raise ToolError(f"the {model} tool is {spec.status}: only its data file ({spec.path}) exists so far")
-    module = importlib.import_module(f"tools.{model}.tool")
-    return check_tool(module, f"tools/{model}/tool.py")
+    where = f"tools/{model}/tool.py"
+    module = check_tool(importlib.import_module(f"tools.{model}.tool"), where)
+    if module.SPEC.path.resolve() != spec.path.resolve():
+        # a copied tool still reading the original's data file would run as the other model
+        raise ToolError(f"{where}: SPEC is {module.SPEC.path}, not {spec.path}: load the tool's own data "
+                        "file (SPEC = load_spec(Path(__file__).parent.name))")
+    return module
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import ModuleType
 
 from common import atc
+from common.contract import Tool
 from common.errors import ToolError
 from common.fsutil import ensure_fresh_output
 
@@ -23,7 +23,7 @@ def _step(title: str) -> None:
     print(f"\n== {title}", file=sys.stderr, flush=True)
 
 
-def run_demo(tool: ModuleType, out: str | Path, *, weights: Path | None, data: Path | None,
+def run_demo(tool: Tool, out: str | Path, *, weights: Path | None, data: Path | None,
              n_images: int = 4, chip: str = "310P3", target: str = "ascend", force: bool = False):
     from common.demococo import make_mini_coco
     from common.demovoc import make_mini_voc

@@ -15,6 +15,7 @@ section (shape, color, mean, std, dtype, and the two rules below) says everythin
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -65,6 +66,27 @@ def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     return ((pixels.astype(np.float64) - mean) * inv_std).astype(np.float32)
 
 
+def _resized_in_canvas(image_bgr: np.ndarray, spec: InputSpec):
+    """(the image resized as the data file says, (new_h, new_w, top, left)) for the centred letterbox."""
+    import cv2
+
+    img = np.asarray(image_bgr)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or 0 in img.shape:
+        raise ToolError(f"preprocess wants a BGR uint8 image (H, W, 3), got {img.dtype} {list(img.shape)}")
+    _, canvas_h, canvas_w = spec.shape
+    height, width = img.shape[:2]
+    new_h, new_w, top, left = centred_letterbox(height, width, canvas_h, canvas_w, spec.resize_rounding)
+    return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR), (new_h, new_w, top, left)
+
+
+def _geometry(image_bgr: np.ndarray, spec: InputSpec, placed: tuple[int, int, int, int]):
+    """(scale_x, scale_y), (left, top, right, bottom) of a placed image, as the manifest records them."""
+    height, width = np.shape(image_bgr)[:2]
+    new_h, new_w, top, left = placed
+    _, canvas_h, canvas_w = spec.shape
+    return (new_w / width, new_h / height), (left, top, canvas_w - new_w - left, canvas_h - new_h - top)
+
+
 def letterbox_tensor(image_bgr: np.ndarray, spec: InputSpec):
     """BGR uint8 image -> (CHW canvas in ``spec.dtype``, (scale_x, scale_y), (left, top, right, bottom)).
 
@@ -72,19 +94,38 @@ def letterbox_tensor(image_bgr: np.ndarray, spec: InputSpec):
     swapped when ``spec.color`` is RGB, :func:`normalize`, zeros around the centred image (zero
     after normalisation), then the cast to ``spec.dtype`` (the recipe casts the padded canvas).
     """
-    import cv2
-
-    img = np.asarray(image_bgr)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or 0 in img.shape:
-        raise ToolError(f"preprocess wants a BGR uint8 image (H, W, 3), got {img.dtype} {list(img.shape)}")
+    resized, placed = _resized_in_canvas(image_bgr, spec)
+    new_h, new_w, top, left = placed
     c, canvas_h, canvas_w = spec.shape
-    height, width = img.shape[:2]
-    new_h, new_w, top, left = centred_letterbox(height, width, canvas_h, canvas_w, spec.resize_rounding)
-    resized = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     if spec.color == "RGB":
         resized = resized[:, :, ::-1]
     canvas = np.zeros((canvas_h, canvas_w, c), np.float32)
     canvas[top:top + new_h, left:left + new_w] = normalize(resized, spec)
     tensor = np.ascontiguousarray(canvas.transpose(2, 0, 1)).astype(np_dtype(spec.dtype), copy=False)
-    pad = (left, top, canvas_w - new_w - left, canvas_h - new_h - top)
-    return tensor, (new_w / width, new_h / height), pad
+    scale, pad = _geometry(image_bgr, spec, placed)
+    return tensor, scale, pad
+
+
+@functools.lru_cache(maxsize=8)
+def _filled_canvas(height: int, width: int, fill: tuple[int, int, int]) -> np.ndarray:
+    """A read-only canvas filled with ``fill``, copied per image (a memcpy; broadcasting a 3-value fill
+    into every pixel costs more than the resize)."""
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = fill
+    canvas.setflags(write=False)
+    return canvas
+
+
+def letterbox_pixels(image_bgr: np.ndarray, spec: InputSpec):
+    """BGR uint8 image -> (HWC uint8 BGR canvas, scale, padding): :func:`letterbox_tensor` before
+    normalisation, for ``INPUT=uint8`` (the NPU's AIPP normalises; common.aipp). The canvas is
+    filled with the pixel nearest the mean (zero after normalisation, up to rounding)."""
+    from common.aipp import fill_pixel_bgr
+
+    resized, placed = _resized_in_canvas(image_bgr, spec)
+    new_h, new_w, top, left = placed
+    _, canvas_h, canvas_w = spec.shape
+    canvas = _filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(spec))).copy()
+    canvas[top:top + new_h, left:left + new_w] = resized
+    scale, pad = _geometry(image_bgr, spec, placed)
+    return canvas, scale, pad

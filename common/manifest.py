@@ -5,6 +5,7 @@ reason, so nothing is recomputed downstream and a partial set is visible as such
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,22 @@ class ManifestEntry:
             image_id=None if d.get("image_id") is None else _number(d["image_id"], "image_id", int, low=0),
             extra=d.get("extra", {}),
         )
+
+    def axis_scales(self) -> tuple[float, float]:
+        """(scale_x, scale_y) whichever form the entry holds, for postprocessing that undoes the resize."""
+        pair = (self.scale, self.scale) if isinstance(self.scale, numbers.Real) else tuple(self.scale)
+        if len(pair) != 2 or not all(isinstance(v, numbers.Real) and v > 0 for v in pair):
+            raise ToolError(f"manifest entry {self.stem} has scale {self.scale}: rerun the data step")
+        return float(pair[0]), float(pair[1])
+
+    def uniform_scale(self, model: str) -> float:
+        """The one scale of a keep-ratio resize with a single factor (refused when the axes differ:
+        the entry was written by another model's data step)."""
+        sx, sy = self.axis_scales()
+        if sx != sy:
+            raise ToolError(f"manifest entry {self.stem} has per-axis scale {self.scale}: it was not written by "
+                            f"the {model} data step — rerun it")
+        return sx
 
 
 def _text(value: Any, what: str) -> str:

@@ -105,6 +105,19 @@ def coco_category_ids(annotation_file: str | os.PathLike) -> list[int]:
         raise ToolError(f"COCO annotation file {annotation_file}: a category lacks an integer 'id'") from None
 
 
+def coco80_class_index(ann: Mapping[str, Any], model: str) -> int:
+    """The contiguous class index (0..79) of a COCO annotation's category id.
+
+    A detector trained on COCO's 80 classes can only be scored on those ids; any other id (one of
+    the 10 COCO leaves unused, or another dataset's) is refused, naming the annotation and ``model``.
+    """
+    cat = int(ann["category_id"])
+    if cat not in COCO80_CATEGORY_IDS:
+        raise ToolError(f"annotation {ann.get('id')} has category_id {cat}, which is not one of COCO's 80 "
+                        f"category ids that {model} predicts: the annotation file is not COCO's")
+    return COCO80_CATEGORY_IDS.index(cat)
+
+
 def xyxy_to_xywh(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     """Corner boxes (x1, y1, x2, y2) -> COCO boxes (x, y, width, height), float64 (N, 4)."""
     arr = np.asarray(boxes, dtype=np.float64)

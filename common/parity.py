@@ -332,6 +332,31 @@ def check_parity(torch_outputs: Mapping | Sequence, onnx_outputs: Mapping | Sequ
     return report
 
 
+# --------------------------------------------------------------------------- inputs
+
+def parity_input(spec, batch: int, *, seed: int = 0, top_band: int = 0, left_band: int = 0):
+    """A torch batch shaped like the tool's preprocessed files, for the export's parity check.
+
+    Uniform pixels normalised with the data file's mean/std, in its input dtype, with a zero band
+    standing in for letterbox padding (zero after normalisation): the top ``1/top_band`` of the
+    rows and the left ``1/left_band`` of the columns (0: none). Bands are fractions, not pixels,
+    so tests that shrink the canvas get the same picture. Deterministic for a given ``seed``.
+    """
+    import torch
+
+    _, height, width = spec.input.shape
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.rand((batch, 3, height, width), generator=gen) * 255.0
+    mean = torch.tensor(spec.input.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(spec.input.std, dtype=torch.float32).view(1, 3, 1, 1)
+    x = (pixels - mean) / std
+    if top_band:
+        x[:, :, : height // top_band] = 0
+    if left_band:
+        x[:, :, :, : width // left_band] = 0
+    return x.to(getattr(torch, spec.input.dtype))
+
+
 # --------------------------------------------------------------------------- ONNX Runtime
 
 def _plain_session(model: Any):

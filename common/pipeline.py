@@ -60,7 +60,7 @@ class Progress:
 
 def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
                        limit: int | None = None, skip_bad: bool = False, force: bool = False,
-                       workers: int = 1) -> Manifest:
+                       workers: int = 1, input_format: str = "float") -> Manifest:
     """Write ``<out>/<stem>.bin`` for every image, then ``manifest.json`` and the .info files.
 
     Everything that can be known before the work is checked first (tensor names, duplicate
@@ -72,18 +72,21 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
     ``workers`` > 1 preprocesses that many images at once in threads (decoding, resizing and
     writing release the GIL; ``tool.preprocess`` must be a pure function); results are
     journalled in dataset order either way, so the output does not depend on it.
+    ``input_format="uint8"`` writes the canvas before normalisation (HWC uint8 BGR, the tool's
+    ``pixels`` hook) for models that normalise on the NPU (AIPP, common.aipp).
     """
+
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ToolError(f"workers={workers!r} is invalid: use 1 (serial) or more")
     spec: ModelSpec = tool.SPEC
+    layout = TensorLayout.checked(spec, input_format)
     out = Path(out_dir).resolve()
-    dataset = open_dataset(spec.dataset, Path(data_root).resolve())
-    images = sorted(dataset.images, key=lambda im: im.image_id)[: limit or None]
-    stems = _tensor_stems(images, out)
+    dataset, images = dataset_images(spec, data_root, limit)
+    stems = tensor_stems(images, out)
     # every [input] setting (shape, mean/std, rounding, EXIF rule, ...): a resumed run whose data
     # file changed in between would otherwise mix tensors made under two rules
     run_meta = {"model": spec.name, "input": json.loads(json.dumps(dataclasses.asdict(spec.input))),
-                "annotation_file": str(dataset.annotation_file), "limit": limit}
+                "annotation_file": str(dataset.annotation_file), "limit": limit, "input_format": input_format}
     finished = (out / MANIFEST_NAME).exists()
     if finished and not force:
         raise ToolError(f"{out} already holds a preprocessed dataset: pass --force to redo it")
@@ -91,26 +94,25 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
     _mkdir(work)
     with exclusive_lock(work / PROGRESS_NAME, f"a dataset into {out}") as journal:
         _start_run(work, journal, run_meta, force)
-        entry_bytes = int(np_dtype(spec.input.dtype).itemsize) * int(_prod(spec.input.shape))
+        entry_bytes = int(np_dtype(layout.dtype).itemsize) * int(_prod(layout.shape))
         done = _journalled(work, journal, entry_bytes)
         if done:
             print(f"resuming: {len(done)} of {len(images)} images already done", file=sys.stderr)
         progress = Progress(len(images), f"{spec.name} preprocess")
         todo = [image for image in images if str(image.path) not in done]
-        dtype = np_dtype(spec.input.dtype)
-
         def one(image) -> dict:
-            return _preprocess_image(tool, image, stems[str(image.path)], work, dtype, skip_bad)
+            return _preprocess_image(tool, image, stems[str(image.path)], work, layout, skip_bad)
 
-        with _ordered_map(workers) as ordered_map:
-            for n, rec in enumerate(ordered_map(one, todo), len(images) - len(todo) + 1):
+        synced = time.monotonic()
+        with ordered_map(workers) as bounded_map:
+            for n, rec in enumerate(bounded_map(one, todo), len(images) - len(todo) + 1):
                 journal.write(json.dumps(rec) + "\n")
-                journal.flush()
-                os.fsync(journal.fileno())
+                journal.flush()  # in the OS once written: a killed run's records survive it
+                synced = _sync_every(journal, synced, JOURNAL_SYNC_S)
                 done[rec["source"]] = rec
                 progress.update(n)
         progress.update(len(images))
-        manifest = _write_manifest(spec, dataset, images, done, work, out)
+        manifest = _write_manifest(spec, layout, dataset, images, done, work, out)
         (work / PROGRESS_NAME).unlink()
         (work / RUN_META_NAME).unlink()
     if work != out:
@@ -121,7 +123,13 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
     return manifest
 
 
-def _tensor_stems(images, out: Path) -> dict[str, str]:
+def dataset_images(spec: ModelSpec, data_root: str | os.PathLike, limit: int | None):
+    """(the dataset, its images in the order every step uses: by image id, the first ``limit``)."""
+    dataset = open_dataset(spec.dataset, Path(data_root).resolve())
+    return dataset, sorted(dataset.images, key=lambda im: im.image_id)[: limit or None]
+
+
+def tensor_stems(images, out: Path) -> dict[str, str]:
     """Each image's tensor stem (:func:`common.tensors.tensor_stem`), refusing up front what would
     fail or overwrite later: two images with one stem, whitespace the .info files cannot hold."""
     check_info_path(out)
@@ -188,16 +196,18 @@ def _journalled(work: Path, journal, entry_bytes: int) -> dict[str, dict]:
     return done
 
 
-def _write_manifest(spec: ModelSpec, dataset, images, done: dict[str, dict], work: Path, out: Path) -> Manifest:
+def _write_manifest(spec: ModelSpec, layout: TensorLayout, dataset, images, done: dict[str, dict], work: Path,
+                    out: Path) -> Manifest:
     """manifest.json and the .info files in ``work``, naming the tensors where they will be: in ``out``."""
     records = [done[str(im.path)] for im in images]
     entries = [ManifestEntry.from_dict(r) for r in records if not r.get("skipped")]
     skipped = [{"source": r["source"], "reason": r["reason"]} for r in records if r.get("skipped")]
     if not entries:
         raise ToolError(f"no image of {dataset.root} could be preprocessed (all {len(skipped)} were bad)")
-    manifest = Manifest(model=spec.name, input_name=spec.input.name, dtype=spec.input.dtype,
-                        shape=tuple(spec.input.shape), entries=entries, skipped=skipped,
-                        meta={"annotation_file": str(dataset.annotation_file), "data_root": str(dataset.root)})
+    manifest = Manifest(model=spec.name, input_name=spec.input.name, dtype=layout.dtype,
+                        shape=layout.shape, entries=entries, skipped=skipped,
+                        meta={"annotation_file": str(dataset.annotation_file), "data_root": str(dataset.root),
+                              "input_format": layout.input_format})
     c, h, w = spec.input.shape
     write_bin_info(work / f"{spec.name}.info", [str(out / e.file) for e in entries], w, h)
     write_info(work / f"{spec.name}_jpeg.info", [(e.source, *e.orig_size) for e in entries])
@@ -217,42 +227,91 @@ def _swap_in(new: Path, final: Path) -> None:
         raise ToolError(os_error_message(err, final)) from err
 
 
-def _preprocess_image(tool: ModuleType, image, stem: str, out: Path, dtype, skip_bad: bool) -> dict:
+@dataclasses.dataclass(frozen=True)
+class TensorLayout:
+    """What the data step writes per image: the model's float tensor, or the uint8 canvas for AIPP."""
+
+    input_format: str  # common.aipp.INPUT_FORMATS
+    dtype: str
+    shape: tuple[int, ...]
+
+    @classmethod
+    def checked(cls, spec: ModelSpec, input_format: str) -> TensorLayout:
+        """The layout of ``INPUT=input_format`` for this model, refusing what its tool cannot write."""
+        from common.aipp import check_input_format
+
+        if check_input_format(input_format) == "uint8":
+            if not spec.capabilities.uint8_input:
+                raise ToolError(f"the {spec.name} tool has no uint8 input ({spec.path}: [capabilities] uint8_input): "
+                                "use INPUT=float")
+            return cls("uint8", "uint8", (spec.input.height, spec.input.width, 3))
+        return cls("float", spec.input.dtype, tuple(spec.input.shape))
+
+
+def _preprocess_image(tool: ModuleType, image, stem: str, out: Path, layout: TensorLayout,
+                      skip_bad: bool) -> dict:
     """One image -> its tensor file; the journal record (a skipped record for a bad image with skip_bad).
 
     Every per-image failure (unreadable, truncated, too thin for the model, ...) is skippable;
     failures to write the tensor (disk full) are not: they are not the image's fault.
     """
+    record, tensor = prepare_image(tool, image, stem, layout, skip_bad)
+    if tensor is not None:
+        write_tensor(out / record["file"], tensor)
+    return record
+
+
+def prepare_image(tool: ModuleType, image, stem: str, layout: TensorLayout,
+                  skip_bad: bool) -> tuple[dict, np.ndarray | None]:
+    """One image -> (its manifest record, its tensor in ``layout``), or (a skipped record, None) for a
+    bad image with ``skip_bad``: the data step writes the tensor, streaming evaluation feeds it."""
     source = str(image.path)
     try:
         bgr = read_image_bgr(image.path, exif=tool.SPEC.input.exif_orientation == "apply")
-        tensor, scale, pad = _tool_preprocess(tool, bgr, image.path)
+        tensor, scale, pad = _tool_preprocess(tool, bgr, image.path, layout)
     except ToolError as err:
         if not skip_bad:
             raise
-        return {"skipped": True, "source": source, "reason": str(err)}
-    write_tensor(out / f"{stem}.bin", tensor.astype(dtype, copy=False))
+        return {"skipped": True, "source": source, "reason": str(err)}, None
     h, w = bgr.shape[:2]
-    return {"stem": stem, "source": source, "file": f"{stem}.bin", "orig_size": [w, h],
-            "scale": list(scale) if isinstance(scale, tuple) else float(scale),
-            "pad": [int(p) for p in pad], "image_id": image.image_id}
+    record = {"stem": stem, "source": source, "file": f"{stem}.bin", "orig_size": [w, h],
+              "scale": list(scale) if isinstance(scale, tuple) else float(scale),
+              "pad": [int(p) for p in pad], "image_id": image.image_id}
+    return record, np.ascontiguousarray(tensor.astype(np_dtype(layout.dtype), copy=False))
 
 
-def _tool_preprocess(tool: ModuleType, bgr, path: Path):
-    """``tool.preprocess`` on one image, any failure of it a ToolError naming the image."""
+def _tool_preprocess(tool: ModuleType, bgr, path: Path, layout: TensorLayout):
+    """``tool.preprocess`` (or ``tool.pixels`` for uint8) on one image, any failure of it a ToolError naming
+    the image."""
+    hook = tool.pixels if layout.input_format == "uint8" else tool.preprocess
     try:
-        tensor, scale, pad = tool.preprocess(bgr)
+        tensor, scale, pad = hook(bgr)
     except ToolError as err:
         raise ToolError(f"image {path} cannot be preprocessed: {err}") from None
     except Exception as err:  # e.g. cv2.error on a shape the model's resize cannot take
         reason = (str(err).strip().splitlines() or [""])[-1][:200]
         raise ToolError(f"image {path} cannot be preprocessed ({type(err).__name__}: {reason}): replace it, "
                         "or pass --skip-bad to leave it out") from None
-    expected = tuple(tool.SPEC.input.shape)
+    expected = layout.shape
     if tuple(np.shape(tensor)) != expected:
         raise ToolError(f"image {path} gave a tensor of shape {list(np.shape(tensor))}, expected {list(expected)}: "
                         "leave it out with --skip-bad")
     return tensor, scale, pad
+
+
+#: the journal reaches the disk itself (fsync, against power loss) at most this often: an fsync per
+#: image cost 11 ms here, more than preprocessing a uint8 image; a record lost to a power cut only
+#: means that image is preprocessed again on resume (the tensor files are not fsynced either)
+JOURNAL_SYNC_S = 1.0
+
+
+def _sync_every(journal, last: float, interval: float) -> float:
+    """fsync ``journal`` when ``interval`` seconds have passed since ``last``; the time of the last sync."""
+    now = time.monotonic()
+    if now - last < interval:
+        return last
+    os.fsync(journal.fileno())
+    return now
 
 
 #: images submitted ahead of the one being journalled, per worker: enough to keep every worker busy,
@@ -261,7 +320,7 @@ AHEAD_PER_WORKER = 2
 
 
 @contextlib.contextmanager
-def _ordered_map(workers: int):
+def ordered_map(workers: int):
     """``map`` (serial) or an order-keeping map over a thread pool with a bounded window; on error or
     Ctrl-C, nothing more is submitted and only the images already submitted finish.
 
@@ -300,21 +359,25 @@ def _prod(values) -> int:
 # --- inference ----------------------------------------------------------------------------------
 
 def run_inference(spec: ModelSpec, model_path: str | os.PathLike, prep_dir: str | os.PathLike,
-                  out_dir: str | os.PathLike, *, backend: str, batch: int, device: int = 0,
+                  out_dir: str | os.PathLike, *, backend: str, batch: int, device: int | str = 0,
                   loop: int = 1, force: bool = False) -> Path:
     """Run a backend over a preprocessed dataset; returns the ais_bench-layout result directory.
 
     The temporary folders of a killed run are removed first. With ``force``, earlier results are
-    replaced only once the new run has finished: a failing rerun keeps them.
+    replaced only once the new run has finished: a failing rerun keeps them. ``device="0,1,2,3"``
+    shards the images across those devices, one process each (:mod:`common.sharding`).
     """
     from common.backends import make_backend
+    from common.sharding import ShardedRunner, parse_devices
 
     manifest = Manifest.load(prep_dir)
     if manifest.model != spec.name:
         raise ToolError(f"{prep_dir} was preprocessed for {manifest.model}, not {spec.name}: rerun the data step")
     _check_result_stems(manifest, prep_dir)
     spec.check_batch(batch)
-    runner = make_backend(backend, model_path, device)
+    devices = parse_devices(device)
+    runner = (ShardedRunner(backend, model_path, devices) if len(devices) > 1
+              else make_backend(backend, model_path, devices[0]))
     dirname = f"{spec.name}_{runner.name}_bs{batch}"
     out = Path(out_dir)
     result_dir = out / dirname
@@ -355,7 +418,7 @@ def _check_result_stems(manifest: Manifest, prep_dir) -> None:
 
 def _remove_inference_orphans(out: Path, dirname: str) -> None:
     """The staging folders and temporary files that a killed run of ``dirname`` left in ``out``."""
-    from common.summary import SUMMARY_SUFFIX
+    from common.benchsummary import SUMMARY_SUFFIX
 
     for pattern in (f".{dirname}.*.part", f".{dirname}{SUMMARY_SUFFIX}.*.part"):
         for orphan in out.glob(pattern):
@@ -364,7 +427,7 @@ def _remove_inference_orphans(out: Path, dirname: str) -> None:
 
 def _replace_results(staging: Path, out: Path, dirname: str) -> None:
     """Move a finished run (``staging/<dirname>`` + its summary) over the earlier one in ``out``."""
-    from common.summary import SUMMARY_SUFFIX
+    from common.benchsummary import SUMMARY_SUFFIX
 
     summary = f"{dirname}{SUMMARY_SUFFIX}"
     _swap_in(staging / dirname, out / dirname)
@@ -377,14 +440,59 @@ def _replace_results(staging: Path, out: Path, dirname: str) -> None:
 
 # --- evaluation ---------------------------------------------------------------------------------
 
+class Scorer:
+    """One image's outputs -> the tool's postprocess -> the task's evaluator (COCO AP, or VOC mIoU).
+
+    Shared by :func:`evaluate` (result files) and :mod:`common.streaming` (outputs in memory), so both
+    score the same way. :meth:`postprocess` is pure (safe in worker threads); :meth:`add` is not.
+    """
+
+    def __init__(self, tool: ModuleType, target: str, annotation_file: Path, data_root: str | os.PathLike):
+        from common.metrics import CocoEvaluator, VocSegEvaluator
+
+        self.tool, self.target = tool, target
+        self.segmentation = tool.SPEC.task == "semantic-segmentation"
+        self.detections: list[dict] | None = None if self.segmentation else []
+        if self.segmentation:
+            from common.dataset import VocDataset
+
+            dataset = VocDataset.open(data_root)
+            self._labels = {str(im.path): im.label_path for im in dataset.images}
+            self._label_file = dataset.annotation_file
+            self.listed = len(dataset.images)
+            self.evaluator = VocSegEvaluator()
+        else:
+            ann = Path(annotation_file)
+            iou_types = ("bbox", "segm") if tool.SPEC.task == "instance-segmentation" else ("bbox",)
+            self.evaluator = CocoEvaluator(ann, iou_types=iou_types)
+            self.evaluator.reset()
+            self.listed = len(json.loads(ann.read_text()).get("images", [])) if ann.is_file() else 0
+
+    def postprocess(self, entry: ManifestEntry, outputs: list[np.ndarray]):
+        if self.segmentation and entry.source not in self._labels:
+            raise ToolError(f"{entry.source} is not in {self._label_file}: preprocess and evaluate the same dataset")
+        return self.tool.postprocess(outputs, entry, self.target)
+
+    def add(self, entry: ManifestEntry, result) -> None:
+        """Score one image's postprocessed result (images in dataset order)."""
+        if self.segmentation:
+            from common.dataset import read_label_png
+
+            self.evaluator.process(entry.stem, (result, read_label_png(self._labels[entry.source])))
+        else:
+            self.detections.extend(result)
+            self.evaluator.process(entry.image_id, result)
+
+    def metrics(self) -> dict:
+        return self.evaluator.evaluate()
+
+
 def postprocess_results(tool: ModuleType, manifest: Manifest, result_dir: str | os.PathLike,
                         target: str) -> list[dict]:
     """Read and validate every result file, then turn them into COCO detections."""
-    from common.results import read_results
+    from common.resultfiles import read_results
 
-    spec: ModelSpec = tool.SPEC
-    outputs = spec.outputs_for(target)
-    results = read_results(result_dir, [e.stem for e in manifest.entries], outputs)
+    results = read_results(result_dir, [e.stem for e in manifest.entries], tool.SPEC.outputs_for(target))
     detections: list[dict] = []
     for entry in manifest.entries:
         detections.extend(tool.postprocess(results[entry.stem], entry, target))
@@ -399,63 +507,36 @@ def evaluate(tool: ModuleType, prep_dir: str | os.PathLike, result_dir: str | os
 
     ``provenance`` is a :class:`common.report.Provenance` (what produced the numbers).
     """
-    from common.report import DatasetInfo, Report, published_from_spec, write_report
+    from common.resultfiles import read_results
 
     spec: ModelSpec = tool.SPEC
     manifest = Manifest.load(prep_dir)
     if manifest.model != spec.name:
         raise ToolError(f"{prep_dir} was preprocessed for {manifest.model}, not {spec.name}")
     ann = Path(annotation_file or manifest.meta["annotation_file"])
-    if spec.task == "semantic-segmentation":
-        metrics, n_listed = _segmentation_metrics(tool, manifest, result_dir, target)
-        detections = None
-    else:
-        metrics, detections = _coco_metrics(tool, manifest, result_dir, target, ann)
-        n_listed = len(json.loads(ann.read_text()).get("images", [])) if ann.is_file() else 0
+    results = read_results(result_dir, [e.stem for e in manifest.entries], spec.outputs_for(target))
+    scorer = Scorer(tool, target, ann, manifest.meta.get("data_root", ""))
+    progress = Progress(len(manifest.entries), f"{spec.name} evaluate")
+    for n, entry in enumerate(manifest.entries, 1):
+        scorer.add(entry, scorer.postprocess(entry, results[entry.stem]))
+        progress.update(n)
+    return write_evaluation(scorer, ann, manifest.entries, manifest.skipped, out_dir, provenance=provenance,
+                            notes=(*notes, f"target: {target}"), force=force)
+
+
+def write_evaluation(scorer: Scorer, ann: Path, entries: list[ManifestEntry], skipped: list[dict],
+                     out_dir: str | os.PathLike, *, provenance, notes: tuple[str, ...], force: bool):
+    """The scorer's metrics as report.json / report.md beside the published figures (+ detections.json)."""
+    from common.report import DatasetInfo, Report, published_from_spec, write_report
+
+    spec: ModelSpec = scorer.tool.SPEC
     figures, _, tolerance = published_from_spec(spec.published, where=str(spec.path))
-    dataset = DatasetInfo(path=str(ann), num_images=len(manifest.entries),
-                          partial=len(manifest.entries) < n_listed, skipped=list(manifest.skipped))
-    report = Report(model=spec.name, task=spec.task, metrics=metrics, provenance=provenance, dataset=dataset,
-                    published=figures, tolerance_rel=tolerance, notes=[*notes, f"target: {target}"])
+    dataset = DatasetInfo(path=str(ann), num_images=len(entries), partial=len(entries) < scorer.listed,
+                          skipped=list(skipped))
+    report = Report(model=spec.name, task=spec.task, metrics=scorer.metrics(), provenance=provenance,
+                    dataset=dataset, published=figures, tolerance_rel=tolerance, notes=list(notes))
     out = Path(out_dir)
     write_report(report, out, force=force)
-    if detections is not None:
-        write_json_atomic(out / "detections.json", detections)
+    if scorer.detections is not None:
+        write_json_atomic(out / "detections.json", scorer.detections)
     return report
-
-
-def _coco_metrics(tool: ModuleType, manifest: Manifest, result_dir, target: str, ann: Path):
-    """(COCO bbox/segm metrics, the detections they were computed from)."""
-    from common.metrics import CocoEvaluator
-
-    detections = postprocess_results(tool, manifest, result_dir, target)
-    iou_types = ("bbox", "segm") if tool.SPEC.task == "instance-segmentation" else ("bbox",)
-    evaluator = CocoEvaluator(ann, iou_types=iou_types)
-    evaluator.reset()
-    by_image: dict[int, list[dict]] = {e.image_id: [] for e in manifest.entries}
-    for det in detections:
-        by_image[det["image_id"]].append(det)
-    for image_id, dets in by_image.items():
-        evaluator.process(image_id, dets)
-    return evaluator.evaluate(), detections
-
-
-def _segmentation_metrics(tool: ModuleType, manifest: Manifest, result_dir, target: str):
-    """(VOC mIoU/mAcc/aAcc, number of images the split lists): label maps against the ground truth."""
-    from common.dataset import VocDataset, read_label_png
-    from common.metrics import VocSegEvaluator
-    from common.results import read_results
-
-    dataset = VocDataset.open(manifest.meta["data_root"])
-    labels = {str(im.path): im.label_path for im in dataset.images}
-    results = read_results(result_dir, [e.stem for e in manifest.entries], tool.SPEC.outputs_for(target))
-    evaluator = VocSegEvaluator()
-    progress = Progress(len(manifest.entries), f"{tool.SPEC.name} evaluate")
-    for n, entry in enumerate(manifest.entries, 1):
-        if entry.source not in labels:
-            raise ToolError(f"{entry.source} is not in {dataset.annotation_file}: preprocess and evaluate the "
-                            "same dataset")
-        evaluator.process(entry.stem, (tool.postprocess(results[entry.stem], entry, target),
-                                       read_label_png(labels[entry.source])))
-        progress.update(n)
-    return evaluator.evaluate(), len(dataset.images)

@@ -58,6 +58,9 @@ class InputSpec:
     norm_dtype: str = "float32"
     #: a JPEG's EXIF orientation: "ignore" (PIL-based upstreams) or "apply" (cv2.imread/mmcv.imread)
     exif_orientation: str = "ignore"
+    #: mean/std are given for pixels divided by this (timm's 0..1 convention: 255); pixel-unit
+    #: mean/std (``mean * mean_std_scale``) are what uint8 inputs and AIPP use (common.aipp)
+    mean_std_scale: float = 1.0
 
     @property
     def height(self) -> int:
@@ -83,6 +86,9 @@ class Capabilities:
 
     #: ``export --dynamic-batch``: a symbolic batch axis (onnxruntime; ATC wants static shapes)
     dynamic_batch: bool = False
+    #: ``data --input uint8``: the tool has a ``pixels`` hook (the canvas before normalisation),
+    #: so the NPU normalises with AIPP (common.aipp)
+    uint8_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,7 @@ def load_spec(model: str | Path) -> ModelSpec:
             resize_rounding=_choice(path, i, "resize_rounding", ("round", "floor")),
             norm_dtype=_choice(path, i, "norm_dtype", ("float32", "float16")),
             exif_orientation=_choice(path, i, "exif_orientation", ("ignore", "apply")),
+            mean_std_scale=float(i.get("mean_std_scale", 1.0)),
         )
         outputs = {
             target: tuple(OutputSpec(o["name"], o["dtype"], tuple(o["shape"])) for o in outs)

@@ -26,3 +26,17 @@ def fake_cann(root: Path) -> Path:
     atc.chmod(0o755)
     (root / "set_env.sh").write_text(f"export PATH={root / 'bin'}:$PATH\n")
     return root
+
+
+def stand_in_graph(path: Path, input_shape: list[int], output_names: list[str]) -> Path:
+    """An ONNX file with the exported graph's input and output names, for ATC's flags (`M-om`
+    reads only those and the input shape): Identity nodes, nothing computed."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, input_shape) for n in output_names]
+    nodes = [helper.make_node("Identity", ["input"], [n]) for n in output_names]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], outs)), path)
+    return path

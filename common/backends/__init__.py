@@ -15,7 +15,7 @@ What we copy from ais_bench (``ais_bench/infer/io_oprations.py`` and ``utils.py`
 * output ``k`` of a run is split along axis 0 into one part per file (kept whole when one file
   fills a run) and written as ``<stem>_<k>.bin``, ``stem`` = file name up to its first dot;
 * the summary holds ``NPU_compute_time``/``H2D_latency``/``D2H_latency`` statistics in ms and
-  ``throughput`` = 1000 * batch / mean compute time (:func:`common.summary.make_ais_summary`),
+  ``throughput`` = 1000 * batch / mean compute time (:func:`common.benchsummary.make_ais_summary`),
   to which we add ``backend``, ``device``, ``batchsize`` and ``model``. ONNX Runtime has no host
   to device copies to time, so its H2D/D2H entries are empty (count 0) and its "NPU" time is the
   wall time of ``InferenceSession.run``.

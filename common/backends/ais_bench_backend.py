@@ -26,10 +26,10 @@ from common.backends.base import (
     publish,
     staging_dir,
 )
+from common.benchsummary import OLD_SUMMARY_NAME, SUMMARY_SUFFIX
 from common.cann import ais_bench_importable
 from common.errors import ToolError
 from common.fsutil import read_json, write_json_atomic
-from common.summary import OLD_SUMMARY_NAME, SUMMARY_SUFFIX
 
 CLI_TAIL_LINES = 20
 #: ais_bench's path_security_check refuses any other character in --model/--input/--output paths
@@ -129,6 +129,14 @@ class AisBenchBackend(InProcessBackend):
                                 "compile it with a static atc --input_shape")
             return super().run(inputs, out_dir, dirname, batch, loop=loop, warmup=warmup)
         return self._run_cli(inputs, Path(out_dir).absolute(), dirname, batch, loop, warmup, mode == "cli")
+
+    def infer(self, feed: np.ndarray) -> list[np.ndarray]:
+        """One in-memory run (streaming evaluation): only through ais_bench's Python API."""
+        if self._resolve_mode() != "api":
+            raise ToolError("streaming on the NPU needs ais_bench's Python API (ais_bench.infer.interface), which "
+                            "this Python cannot import: install the ais_bench wheel here, or use the "
+                            "data/infer/eval steps (ais_bench's command line)")
+        return super().infer(feed)
 
     # -- Python API --
     @property

@@ -15,9 +15,9 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from common.benchsummary import SUMMARY_SUFFIX, make_ais_summary
 from common.errors import ToolError
 from common.fsutil import make_temp_dir, write_json_atomic
-from common.summary import SUMMARY_SUFFIX, make_ais_summary
 
 
 @dataclass(frozen=True)
@@ -239,9 +239,15 @@ class InProcessBackend:
         """Run ``loop`` times; return (outputs of the last run, compute ms, h2d ms, d2h ms)."""
         raise NotImplementedError
 
+    def infer(self, feed: np.ndarray) -> list[np.ndarray]:
+        """One run on a batch held in memory (streaming evaluation): the outputs, batch axis first."""
+        outputs, *_ = self._timed_runs(feed, 1)
+        return [np.asarray(o) for o in outputs]
+
     def run(self, inputs: Sequence[Path], out_dir: Path, dirname: str, batch: int,
             loop: int = 1, warmup: int = 0) -> Path:
         check_run_args(dirname, batch, loop, warmup)
+        warm_ms: list[float] = []
         specs = self.input_specs()
         if len(specs) != 1:
             names = ", ".join(s.name for s in specs)
@@ -261,8 +267,8 @@ class InProcessBackend:
             progress = Progress(self.name, len(plan.batches))
             for i, chunk in enumerate(plan.batches):
                 feed = np.concatenate([np.fromfile(f, dtype=dtype) for f, _ in chunk]).reshape(shape)
-                if i == 0 and warmup:
-                    self._timed_runs(feed, warmup)
+                if i == 0 and warmup:  # cold runs (graph load, allocations): timed apart, never averaged in
+                    _, warm_ms, _, _ = self._timed_runs(feed, warmup)
                 outputs, c, h, d = self._timed_runs(feed, loop)
                 compute += c
                 h2d += h
@@ -276,6 +282,7 @@ class InProcessBackend:
         summary = make_ais_summary(compute, batchsize=batch, h2d_ms=h2d, d2h_ms=d2h, extra={
             "backend": self.name, "device": self.device_label(), "batchsize": batch,
             "model": str(self.model_path), "loop": loop, "warmup": warmup, "files": len(plan.files),
+            "warmup_compute_ms": [float(v) for v in warm_ms],
         })
         write_json_atomic(out / f"{dirname}{SUMMARY_SUFFIX}", summary)
         return final

@@ -35,8 +35,9 @@ ROI_LEVELS = 4
 
 def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one box with many, torchvision's formula (area without +1; 0/0 counts as no overlap)."""
-    iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    # np.maximum(x, 0), not np.clip: the same values, without clip's per-call overhead (NMS calls this often)
+    iw = np.maximum(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0)
+    ih = np.maximum(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0)
     inter = iw * ih
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])

@@ -22,10 +22,10 @@ from common.backends import (
     natural_sorted,
     onnxruntime_backend,
 )
+from common.benchsummary import parse_ais_summary
 from common.errors import ToolError
-from common.results import read_results
+from common.resultfiles import read_results
 from common.spec import OutputSpec
-from common.summary import parse_ais_summary
 
 IMAGE_SHAPE = (3, 4, 4)
 IMAGE_BYTES = 3 * 4 * 4 * 4
@@ -126,6 +126,7 @@ def test_onnxruntime_batches_pads_and_writes_ais_layout(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny_bs2", "tiny_bs2_summary.json"]
     raw = json.loads((tmp_path / "out" / "tiny_bs2_summary.json").read_text())
     assert raw["NPU_compute_time"]["count"] == 4  # 2 runs x loop 2 (warmup not counted)
+    assert len(raw["warmup_compute_ms"]) == 1 and raw["warmup_compute_ms"][0] > 0  # timed, reported apart
     summary = parse_ais_summary(tmp_path / "out")
     assert (summary["backend"], summary["device"], summary["batchsize"]) == ("onnxruntime", "cpu", 2)
     assert summary["model"] == str(model)

@@ -37,12 +37,11 @@ def fcos_oracle(tmp_path_factory):
     prep = root / "prep"
     assert tool_cli("fcos", "data", "--data", str(coco), "--out", str(prep)).returncode == 0
     doc = json.loads((coco / "annotations" / "instances_val2017.json").read_text())
-    categories = [c["id"] for c in doc["categories"]]
     results = root / "infer" / "fcos_onnxruntime_bs1"
     results.mkdir(parents=True)
     for entry in Manifest.load(prep).entries:
         anns = [a for a in doc["annotations"] if a["image_id"] == entry.image_id]
-        for k, array in enumerate(fcos.oracle_outputs(anns, entry, "ascend", categories)):
+        for k, array in enumerate(fcos.oracle_outputs(anns, entry, "ascend")):
             array.tofile(results / f"{entry.stem}_{k}.bin")
     return prep, results
 

@@ -74,13 +74,6 @@ def test_float16_mean_std_change_the_pspnet_tensor():
     assert (step <= bound).all()
 
 
-def test_data_files_state_the_recipe_rules():
-    for model, held in (("fcos", "float32"), ("pspnet", "float16")):
-        spec = load_spec(model).input
-        assert (spec.resize_rounding, spec.norm_dtype, spec.exif_orientation) == ("floor", held, "apply")
-    assert load_spec("efficientdet").input.exif_orientation == "ignore"
-
-
 def test_a_wrong_rule_in_a_data_file_is_a_clear_error(tmp_path):
     text = (REPO_ROOT / "tools" / "fcos" / "model.toml").read_text()
     bad = tmp_path / "model.toml"

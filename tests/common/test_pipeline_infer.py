@@ -12,8 +12,8 @@ from onnx import TensorProto, helper
 from common import pipeline
 from common.demococo import make_mini_coco
 from common.errors import ToolError
-from common.perf import measure_throughput
 from common.report import provenance
+from common.throughput import measure_throughput
 
 
 def _tiny_model(path, batch):
@@ -99,9 +99,11 @@ def test_throughput_rows_add_up_per_batch_size_beside_published(tiny_spec, tiny_
     rows = json.loads((out / "perf.json").read_text())["rows"]
     assert [(r["batch"], r["model_file"]) for r in rows] == [(1, str(tiny_onnx)), (2, str(bs2))]
     assert all(r["fps"] > 0 and np.isfinite(r["fps"]) and r["versions"]["onnxruntime"] for r in rows)
+    assert all(r["warmup"] == 1 and len(r["warmup_ms"]) == 1 for r in rows)  # the cold run: apart, not averaged
     assert "| 1 | measured | onnxruntime |" in table and "| 2 | measured | onnxruntime |" in table
     md = (out / "perf.md").read_text()
     assert "`python -m tools.tiny perf --batch 1`" in md and str(bs2) in md
+    assert md.count("warm-up excluded: ") == 2
     with pytest.raises(ToolError, match="already has onnxruntime bs1: pass --force"):
         measure_throughput(tiny_spec, tiny_onnx, out, backend="onnxruntime", batches=[1])
     before = rows[0]["timestamp"], rows[0]["fps"]

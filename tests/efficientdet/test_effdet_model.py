@@ -73,5 +73,5 @@ def test_load_model_refuses_foreign_keys_and_shapes(checkpoint, tmp_path):
         tool.load_model(tmp_path / "extra.pth")
     state["box_net.predict.conv_pw.weight"] = torch.zeros(4, 64, 1, 1)
     torch.save(state, tmp_path / "shape.pth")
-    with pytest.raises(ToolError, match=r"box_net.predict.conv_pw.weight has shape \(4, 64, 1, 1\)"):
+    with pytest.raises(ToolError, match=r"box_net.predict.conv_pw.weight \[4, 64, 1, 1\] \(model \[36, 64, 1, 1\]\)"):
         tool.load_model(tmp_path / "shape.pth")

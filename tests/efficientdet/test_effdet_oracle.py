@@ -9,8 +9,9 @@ import pytest
 
 from common.dataset import read_image_bgr
 from common.demococo import make_mini_coco
-from common.metrics import CocoEvaluator, coco_category_ids
-from common.tensors import ManifestEntry
+from common.errors import ToolError
+from common.manifest import ManifestEntry
+from common.metrics import CocoEvaluator
 from tools.efficientdet import tool
 
 
@@ -38,13 +39,12 @@ def _iou_xywh(a, b):
 
 
 def _evaluate(ann_file, data, entries, drop_one=False):
-    categories = coco_category_ids(ann_file)
     evaluator = CocoEvaluator(ann_file, iou_types=("bbox",))
     for e in entries:
         anns = [a for a in data["annotations"] if a["image_id"] == e.image_id]
         if drop_one and e is entries[0]:
             anns = anns[1:]
-        outputs = tool.oracle_outputs(anns, e, "ascend", categories)
+        outputs = tool.oracle_outputs(anns, e, "ascend")
         assert [o.shape for o in outputs] == [s.shape for s in tool.SPEC.outputs_for("ascend")]
         evaluator.process(e.image_id, tool.postprocess(outputs, e, "ascend"))
     return evaluator.evaluate()
@@ -71,6 +71,15 @@ def test_oracle_outputs_give_map_100(coco):
     metrics = _evaluate(*coco)
     assert metrics["bbox_mAP"] == 100.0
     assert metrics["bbox_AP50"] == 100.0
+
+
+def test_oracle_refuses_category_ids_coco_does_not_have(coco):
+    """Ids are COCO's own: 12 is one of the 10 ids COCO never uses, 91 is past effdet's 90 classes."""
+    entry = coco[2][0]
+    for cat in (12, 91, 0):
+        ann = {"id": 7, "bbox": [1.0, 1.0, 20.0, 20.0], "category_id": cat, "iscrowd": 0}
+        with pytest.raises(ToolError, match=f"annotation 7 has category_id {cat}, which is not one of COCO's 80"):
+            tool.oracle_outputs([ann], entry, "ascend")
 
 
 def test_oracle_without_one_box_is_below_100(coco):

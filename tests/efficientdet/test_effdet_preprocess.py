@@ -36,6 +36,11 @@ def test_equals_upstream_transform_bit_for_bit(upstream_tensor, tmp_path, ext, h
         np.testing.assert_allclose(ours[:, 0, -1] * np.array(IMAGENET_DEFAULT_STD) * 255, fill, atol=1e-3)
 
 
+def test_the_data_file_states_upstreams_exif_rule():
+    """effdet reads with PIL, which never applies EXIF rotation (the data step follows model.toml)."""
+    assert tool.SPEC.input.exif_orientation == "ignore"
+
+
 def test_exif_orientation_is_ignored_like_upstream(upstream_tensor, tmp_path):
     """COCO boxes are in stored-pixel coordinates and upstream (PIL) never applies EXIF rotation.
 

@@ -7,6 +7,7 @@ from collections import OrderedDict
 import pytest
 import torch
 
+from common.contract import TARGETS
 from common.errors import ToolError
 from common.weights import load_state_dict, safe_load
 from tools.fcos import checkpoint as ck
@@ -25,7 +26,7 @@ def test_data_file_matches_the_recipe_config():
     assert (TEST_CFG["nms_pre"], TEST_CFG["score_thr"], TEST_CFG["nms"]["iou_threshold"],
             TEST_CFG["max_per_img"]) == (1000, 0.05, 0.5, 100)
     assert tool.SPEC.weights.sha256_prefix == tool.SPEC.weights.filename.rsplit("-", 1)[1].split(".")[0]
-    for target in tool.TARGETS:
+    for target in TARGETS:
         assert [(o.name, o.dtype, o.shape) for o in tool.SPEC.outputs_for(target)] == [
             ("dets", "float32", (100, 5)), ("labels", "int64", (100,))]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.contract import TARGETS
 from common.errors import ToolError
-from common.metrics import COCO80_CATEGORY_IDS
-from common.tensors import ManifestEntry
+from common.manifest import ManifestEntry
 from tests.letterboxcases import input_rules
 from tools.fcos import tool
 from tools.fcos.config import TEST_PIPELINE
@@ -75,13 +75,13 @@ def _entry(img: np.ndarray, image_id: int = 7) -> ManifestEntry:
                          scale=scale, pad=pad, image_id=image_id)
 
 
-@pytest.mark.parametrize("target", tool.TARGETS)
+@pytest.mark.parametrize("target", TARGETS)
 def test_postprocess_inverts_oracle_outputs(target):
     entry = _entry(_image(300, 520))
     anns = [{"bbox": [10.5, 20.0, 100.0, 50.25], "category_id": 90, "iscrowd": 0},
             {"bbox": [0.0, 0.0, 520.0, 300.0], "category_id": 1, "iscrowd": 0},
             {"bbox": [5.0, 5.0, 10.0, 10.0], "category_id": 3, "iscrowd": 1}]
-    dets, labels = tool.oracle_outputs(anns, entry, target, list(COCO80_CATEGORY_IDS))
+    dets, labels = tool.oracle_outputs(anns, entry, target)
     assert dets.shape == (100, 5) and dets.dtype == np.float32 and labels.dtype == np.int64
     assert (dets[:, 4] > 0).sum() == 2  # the crowd region is not a detection target
     # boxes live in the centred canvas
@@ -105,5 +105,6 @@ def test_postprocess_clips_to_the_image_and_checks_labels():
         tool.postprocess([dets, labels], entry, "ascend")
     with pytest.raises(ToolError, match="2 outputs"):
         tool.postprocess([dets], entry, "ascend")
-    with pytest.raises(ToolError, match="categories"):
-        tool.oracle_outputs([], entry, "ascend", [1, 2, 3])
+    not_coco = [{"id": 5, "bbox": [1.0, 1.0, 5.0, 5.0], "category_id": 12, "iscrowd": 0}]  # 12: unused by COCO
+    with pytest.raises(ToolError, match="annotation 5 has category_id 12, which is not one of COCO's 80"):
+        tool.oracle_outputs(not_coco, entry, "ascend")

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from common import graph
+from common.atc import graph_io
 from common.errors import ToolError
-from common.parity import run_onnx
+from common.parity import parity_input, run_onnx
 from tools.fcos import deploy, tool
 
 SMALL_HW = (256, 416)  # tests/fcos/conftest.py
@@ -23,7 +24,7 @@ def _dims(value) -> list:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
 
 
-def test_ascend_export_is_static_with_one_batch_nms_node(export_small):
+def test_ascend_export_is_static_with_one_batch_nms_node(export_small, small_canvas):
     path, parity = export_small("ascend", 1)
     assert parity["ok"], parity
     assert parity["rows"][0]["ref_count"] > 10  # the random model really detects: NMS was exercised
@@ -41,7 +42,7 @@ def test_ascend_export_is_static_with_one_batch_nms_node(export_small):
     for name in nms[0].input:  # the recipe's fp16 casts in front of the op
         assert producers[name].op_type == "Cast" and _attrs(producers[name])["to"] == onnx.TensorProto.FLOAT16
     assert "NonMaxSuppression" not in graph.op_types(model)
-    assert tool.atc_out_nodes(path) == ["dets", "labels"]
+    assert graph_io(tool.SPEC, path, target="ascend", batch=1) == ("input", ["dets", "labels"])
 
 
 def test_onnx_export_uses_standard_ops_only(export_small):
@@ -64,7 +65,7 @@ def test_onnx_dynamic_batch_gives_each_image_its_own_result(export_small, small_
     path, parity = export_small("onnx", 1, True)
     assert parity["ok"]
     assert _dims(graph.load(path).graph.input[0])[0] == "batch"
-    x = tool.parity_input(3, seed=7).numpy()
+    x = parity_input(tool.SPEC, 3, seed=7, **tool.PARITY_BAND).numpy()
     together = run_onnx(path, {"input": x})
     for i in range(3):
         alone = run_onnx(path, {"input": x[i:i + 1]})
@@ -89,7 +90,7 @@ def test_parity_check_catches_a_changed_graph(export_small, tmp_path, checkpoint
     arr = onnx.numpy_helper.to_array(cls_bias) + 1.0
     cls_bias.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), cls_bias.name))
     broken = graph.save(model, tmp_path / "broken.onnx")
-    x = tool.parity_input(1)
+    x = parity_input(tool.SPEC, 1, **tool.PARITY_BAND)
     ref = deploy.FCOSDeploy(tool.load_model(checkpoint), "onnx", SMALL_HW).eval()
     with torch.no_grad():
         dets, labels = ref(x)
@@ -97,21 +98,22 @@ def test_parity_check_catches_a_changed_graph(export_small, tmp_path, checkpoint
     assert not tool.parity_report(broken, x, dets, labels).ok
 
 
-def test_atc_out_nodes_refuses_other_graphs(tmp_path):
+def test_atc_out_nodes_refuse_other_graphs(tmp_path):
+    """common.atc takes ATC's out nodes from the graph's outputs and refuses a graph that is not FCOS's."""
     node = onnx.helper.make_node("Identity", ["x"], ["y"])
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
     g = onnx.helper.make_graph([node], "g", [x], [y])
     path = graph.save(onnx.helper.make_model(g), tmp_path / "other.onnx")
     with pytest.raises(ToolError, match="outputs y, expected dets, labels"):
-        tool.atc_out_nodes(path)
+        graph_io(tool.SPEC, path, target="ascend", batch=1)
 
 
 # --------------------------------------------------------------------------- versus upstream mmdet
 
 def _upstream_inputs(checkpoint):
     model = tool.load_model(checkpoint)
-    x = tool.parity_input(1, seed=3)
+    x = parity_input(tool.SPEC, 1, seed=3, **tool.PARITY_BAND)
     meta = [{"img_shape": (*SMALL_HW, 3), "scale_factor": np.ones(4, np.float32), "ori_shape": (*SMALL_HW, 3),
              "pad_shape": (*SMALL_HW, 3)}]
     return model, x, meta

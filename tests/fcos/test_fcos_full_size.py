@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from common import graph
-from common.parity import compare_detections, run_onnx
+from common.parity import compare_detections, parity_input, run_onnx
 from tests.makehelpers import REPO
 from tools.fcos import deploy, tool
 
@@ -51,7 +51,7 @@ def test_onnx_target_at_full_size_matches_pytorch(checkpoint, tmp_path, dynamic)
 
     # our own check on other inputs than the export's (two images through the dynamic graph)
     batch = 2 if dynamic else 1
-    x = tool.parity_input(batch, seed=11)
+    x = parity_input(tool.SPEC, batch, seed=11, **tool.PARITY_BAND)
     with torch.no_grad():
         ref_dets, ref_labels = deploy.FCOSDeploy(tool.load_model(checkpoint), "onnx", FULL_HW).eval()(x)
     got = run_onnx(path, {tool.SPEC.input.name: x.numpy()})

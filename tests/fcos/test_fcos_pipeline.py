@@ -7,12 +7,12 @@ import math
 
 import pytest
 
+from common.contract import TARGETS
 from common.demococo import make_mini_coco
 from common.fsutil import read_json
-from common.metrics import coco_category_ids
 from common.pipeline import evaluate, preprocess_dataset, run_inference
 from common.report import Provenance
-from common.results import result_name
+from common.resultfiles import result_name
 from common.tensors import Manifest, write_tensor
 from tools.fcos import deploy, tool
 
@@ -22,18 +22,17 @@ def mini_coco(tmp_path_factory):
     return make_mini_coco(tmp_path_factory.mktemp("fcos-coco"), n_images=4, seed=3)
 
 
-@pytest.mark.parametrize("target", tool.TARGETS)
+@pytest.mark.parametrize("target", TARGETS)
 def test_oracle_ground_truth_scores_map_100(target, mini_coco, tmp_path, small_canvas):
     prep = tmp_path / "prep"
     manifest = preprocess_dataset(tool, mini_coco, prep)
     ann_file = mini_coco / "annotations" / "instances_val2017.json"
     anns = json.loads(ann_file.read_text())["annotations"]
-    categories = coco_category_ids(ann_file)
     results = tmp_path / "results" / "oracle"
     for entry in manifest.entries:
         own = [a for a in anns if a["image_id"] == entry.image_id]
         assert own, "every synthetic image has objects"
-        for k, array in enumerate(tool.oracle_outputs(own, entry, target, categories)):
+        for k, array in enumerate(tool.oracle_outputs(own, entry, target)):
             write_tensor(results / result_name(entry.stem, k), array)
     report = evaluate(tool, prep, results, tmp_path / "eval", target=target,
                       provenance=Provenance.capture("oracle", "cpu", 1))

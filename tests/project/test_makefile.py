@@ -12,7 +12,7 @@ import pytest
 from common.spec import MODELS
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = ("env", "image", "onnx", "om", "data", "infer", "eval", "perf", "all")
+STEPS = ("env", "image", "onnx", "om", "data", "infer", "eval", "stream", "perf", "all")
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -33,9 +33,14 @@ def test_help_lists_every_target_of_every_model():
 
 
 def test_planned_tool_targets_fail_clearly():
-    proc = make("maskrcnn-onnx")
+    from common.spec import load_spec
+
+    planned = [m for m in MODELS if load_spec(m).status == "planned"]
+    if not planned:
+        pytest.skip("every tool in this checkout is ready: no planned tool to try")
+    proc = make(f"{planned[0]}-onnx")
     assert proc.returncode != 0
-    assert "the maskrcnn tool is planned" in proc.stderr
+    assert f"the {planned[0]} tool is planned" in proc.stderr
 
 
 def test_venv_runner_uses_the_tool_environment():

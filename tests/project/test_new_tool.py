@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common.spec import load_spec
+
 REPO = Path(__file__).resolve().parents[2]
 NEW = "zebra"
 
@@ -53,3 +55,13 @@ def test_the_readme_table_has_a_row_for_the_new_tool(scratch):
     assert len(rows) == 1
     assert rows[0] == next(line for line in table.splitlines() if "`tools/efficientdet`" in line).replace(
         "`tools/efficientdet`", f"`tools/{NEW}`")
+
+
+def test_the_copied_tool_runs_as_the_new_model(scratch, tmp_path):
+    """Its CLI and its hooks take the folder's name and data file (tool.py and __main__.py unedited):
+    the first check past the contract's load, the batch size, already speaks of the new model."""
+    proc = subprocess.run([sys.executable, "-m", f"tools.{NEW}", "export", "--out", str(tmp_path / "onnx"),
+                           "--batch", "3"], cwd=scratch, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    valid = ", ".join(map(str, load_spec(scratch / "tools" / NEW / "model.toml").input.batch_sizes))
+    assert proc.stderr.strip().splitlines()[-1] == f"error: BATCH=3 is not supported by {NEW} (valid: {valid})"

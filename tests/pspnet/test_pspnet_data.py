@@ -120,7 +120,7 @@ def test_oracle_at_non_integer_scales_gives_the_independently_computed_miou(tmp_
 
 
 def test_random_weights_end_to_end_through_onnxruntime(export_small, tmp_path):
-    from common.results import read_results
+    from common.resultfiles import read_results
     from tests.toolhelpers import canvas
 
     onnx_path, _ = export_small(1)

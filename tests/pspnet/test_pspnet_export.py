@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from common import graph
+from common.atc import graph_io
 from common.errors import ToolError
-from common.parity import run_onnx
+from common.parity import parity_input, run_onnx
 from tests.toolhelpers import canvas
 from tools.pspnet import tool
 
@@ -51,7 +52,7 @@ def test_the_fix_is_needed_and_works_only_while_exporting():
     np.testing.assert_allclose(got, module(x).detach().numpy(), atol=1e-6)
 
 
-def test_small_canvas_export_is_static_fp16_in_int32_out_and_matches_pytorch(export_small):
+def test_small_canvas_export_is_static_fp16_in_int32_out_and_matches_pytorch(export_small, small_canvas):
     path, parity = export_small(1)
     assert parity["ok"] and parity["rows"][0]["mismatch_fraction"] <= tool.PARITY_MISMATCH
     assert parity["matmul_adaptive_pools"] == 4 and parity["input"]["dtype"] == "float16"
@@ -62,14 +63,14 @@ def test_small_canvas_export_is_static_fp16_in_int32_out_and_matches_pytorch(exp
     assert out.name == "seg" and out.type.tensor_type.elem_type == onnx.TensorProto.INT32
     assert [d.dim_value for d in out.type.tensor_type.shape.dim] == [1, 129, 128]
     assert "AveragePool" not in parity["ops"] and parity["ops"]["MatMul"] == 8
-    assert tool.atc_out_nodes(path) == ["seg"]
+    assert graph_io(tool.SPEC, path, target="ascend", batch=1) == ("input", ["seg"])
 
 
 def test_batch_16_export_keeps_images_apart(export_small):
     path, parity = export_small(16)
     assert parity["ok"] and parity["input"]["shape"] == [16, 3, 129, 128]
     with canvas(tool, 129, 128):
-        x = tool.parity_input(16).numpy()
+        x = parity_input(tool.SPEC, 16, **tool.PARITY_BAND).numpy()
     seg = run_onnx(path, {"input": x})["seg"]
     one = run_onnx(export_small(1)[0], {"input": x[:1]})["seg"]
     assert seg.shape == (16, 129, 128) and np.array_equal(seg[0], one[0])

@@ -106,6 +106,12 @@ def test_where_floor_and_round_differ_the_recipe_and_mmseg_inputs_differ(h, w):
     assert_rules_change_the_input(tool, h, w, **UPSTREAM)
 
 
+def test_the_data_file_states_the_recipe_rules():
+    """The recipe's script floors the resized sides, holds mean/std in float16 and reads with cv2 (EXIF applied)."""
+    spec = tool.SPEC.input
+    assert (spec.resize_rounding, spec.norm_dtype, spec.exif_orientation) == ("floor", "float16", "apply")
+
+
 def test_exif_rotated_jpeg_is_turned_as_the_recipe_reads_it(tmp_path):
     """The recipe reads with mmcv.imread(backend='cv2') = cv2.imread(IMREAD_COLOR), which applies EXIF
     orientation (so does mmseg's LoadImageFromFile); the data step does the same."""

@@ -38,11 +38,11 @@ def is_v1(state_dict: Mapping[str, object]) -> bool:
     return any(k.startswith(old) for k in state_dict for old in V1_RENAMES)
 
 
-def upgrade_v1_keys(state_dict: Mapping[str, object]) -> OrderedDict[str, object]:
-    """mmdet v1 FCOS key names -> mmdet 2.13 names (other keys, and 2.x dicts, pass unchanged)."""
+def _rename_prefixes(state_dict: Mapping[str, object], renames: Mapping[str, str]) -> OrderedDict[str, object]:
+    """The state dict with each key's first matching prefix (a key of ``renames``) replaced, order kept."""
     out: OrderedDict[str, object] = OrderedDict()
     for key, value in state_dict.items():
-        for old, new in V1_RENAMES.items():
+        for old, new in renames.items():
             if key.startswith(old):
                 key = new + key[len(old):]
                 break
@@ -50,16 +50,14 @@ def upgrade_v1_keys(state_dict: Mapping[str, object]) -> OrderedDict[str, object
     return out
 
 
+def upgrade_v1_keys(state_dict: Mapping[str, object]) -> OrderedDict[str, object]:
+    """mmdet v1 FCOS key names -> mmdet 2.13 names (other keys, and 2.x dicts, pass unchanged)."""
+    return _rename_prefixes(state_dict, V1_RENAMES)
+
+
 def downgrade_to_v1_keys(state_dict: Mapping[str, object]) -> OrderedDict[str, object]:
     """mmdet 2.13 names -> the v1 names the published file uses (to write stand-in checkpoints)."""
-    out: OrderedDict[str, object] = OrderedDict()
-    for key, value in state_dict.items():
-        for old, new in V1_RENAMES.items():
-            if key.startswith(new):
-                key = old + key[len(new):]
-                break
-        out[key] = value
-    return out
+    return _rename_prefixes(state_dict, {new: old for old, new in V1_RENAMES.items()})
 
 
 def random_state_dict(model_state: Mapping[str, object], seed: int = 0) -> OrderedDict[str, object]:

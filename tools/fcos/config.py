@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import copy
 
+from tools.fcos.tool import SPEC
+
 #: image normalisation of the caffe-style ResNet: BGR input, per-channel mean, std 1, no RGB swap
 IMG_NORM = dict(mean=[102.9801, 115.9465, 122.7717], std=[1.0, 1.0, 1.0], to_rgb=False)
 #: mmdet's test Resize: keep-ratio rescale into (long edge 1333, short edge 800), then Pad to /32
 IMG_SCALE = (1333, 800)
 PAD_SIZE_DIVISOR = 32
 
-#: test-time post-processing (the recipe's test_cfg)
+_POST = SPEC.raw["postprocess"]
+#: test-time post-processing (the recipe's test_cfg) in mmdet's spelling; the numbers are model.toml's
 TEST_CFG = dict(
-    nms_pre=1000,          # top-k candidates per FPN level, by max(class score x centerness)
-    min_bbox_size=0,
-    score_thr=0.05,
-    nms=dict(type="nms", iou_threshold=0.5),
-    max_per_img=100,
+    nms_pre=int(_POST["nms_pre"]),
+    min_bbox_size=int(_POST["min_bbox_size"]),
+    score_thr=float(_POST["score_threshold"]),
+    nms=dict(type="nms", iou_threshold=float(_POST["nms_iou"])),
+    max_per_img=int(_POST["max_det_per_image"]),
 )
 
 NUM_CLASSES = 80

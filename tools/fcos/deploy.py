@@ -30,9 +30,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from common.contract import check_target
 from tools.fcos.config import TEST_CFG
 
-TARGETS = ("ascend", "onnx")
 #: recipe / mmdet test_cfg values, named for the NMS back ends
 SCORE_THR = float(TEST_CFG["score_thr"])
 IOU_THR = float(TEST_CFG["nms"]["iou_threshold"])
@@ -161,10 +161,8 @@ class FCOSDeploy(nn.Module):
 
     def __init__(self, detector: nn.Module, target: str, input_hw: tuple[int, int]) -> None:
         super().__init__()
-        if target not in TARGETS:
-            raise ValueError(f"unknown target {target!r}")
         self.detector = detector
-        self.target = target
+        self.target = check_target(target)
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         strides = detector.bbox_head.strides
         #: feature map size per level: each stride-2 conv rounds up, so ceil(side / stride)

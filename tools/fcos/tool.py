@@ -11,22 +11,24 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from common.contract import check_target
 from common.errors import ToolError
 from common.fsutil import atomic_path
-from common.letterbox import centred_letterbox, letterbox_tensor
-from common.metrics import COCO80_CATEGORY_IDS, to_coco_results
+from common.letterbox import letterbox_pixels, letterbox_tensor
+from common.manifest import ManifestEntry
+from common.metrics import COCO80_CATEGORY_IDS, coco80_class_index, to_coco_results
 from common.spec import load_spec
-from common.tensors import ManifestEntry, np_dtype
+from common.tensors import np_dtype
 
-SPEC = load_spec("fcos")
-TARGETS = ("ascend", "onnx")
+SPEC = load_spec(Path(__file__).parent.name)
 OUTPUT_NAMES = ("dets", "labels")
 OPSET = 11
 PARITY_SEED = 0
+#: the parity input's stand-in for letterbox padding: a zero band over the left eighth (common.parity)
+PARITY_BAND = {"left_band": 8}
 #: ONNX Runtime and PyTorch run the same fp32 convolutions up to summation order, so boxes agree
 #: to ~1e-3 px and scores to ~1e-6; a box ranked exactly at the 100-per-image cut (or an IoU at
 #: the 0.5 NMS boundary) may still flip, so a couple of unmatched boxes per image are tolerated.
@@ -82,26 +84,6 @@ def load_model(weights: Path):
 
 # --------------------------------------------------------------------------- export
 
-def _check_target(target: str) -> str:
-    if target not in TARGETS:
-        raise ToolError(f"unknown TARGET '{target}' (valid: {', '.join(TARGETS)})")
-    return target
-
-
-def parity_input(batch: int, seed: int = PARITY_SEED):
-    """A batch shaped like preprocessed images: uniform pixels minus the caffe mean, centred padding."""
-    import torch
-
-    _, height, width = SPEC.input.shape
-    gen = torch.Generator().manual_seed(seed)
-    pixels = torch.rand((batch, 3, height, width), generator=gen) * 255.0
-    mean = torch.tensor(SPEC.input.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(SPEC.input.std, dtype=torch.float32).view(1, 3, 1, 1)
-    x = (pixels - mean) / std
-    x[:, :, :, : width // 8] = 0  # a padded band, as letterboxed inputs have
-    return x
-
-
 def export(weights: Path, out_path: Path, *, batch: int, target: str, dynamic_batch: bool = False) -> dict:
     """Checkpoint -> final ONNX at ``out_path`` (static, simplified) + parity report vs PyTorch.
 
@@ -114,16 +96,17 @@ def export(weights: Path, out_path: Path, *, batch: int, target: str, dynamic_ba
 
     from common import graph
     from common.customops import export_kwargs
+    from common.parity import parity_input
     from tools.fcos.deploy import FCOSDeploy
 
-    _check_target(target)
+    check_target(target)
     SPEC.check_batch(batch)
     if dynamic_batch and target == "ascend":
         raise ToolError("dynamic batch is not available for TARGET=ascend: ATC compiles one static batch "
                         "size per .om (export each BATCH separately)")
     c, height, width = SPEC.input.shape
     deploy = FCOSDeploy(load_model(weights), target, (height, width)).eval()
-    x = parity_input(batch)
+    x = parity_input(SPEC, batch, seed=PARITY_SEED, **PARITY_BAND)
     with torch.no_grad():
         ref_dets, ref_labels = deploy(x)
     name = SPEC.input.name
@@ -164,32 +147,7 @@ def parity_report(onnx_path: Path, x, ref_dets, ref_labels):
     return report
 
 
-def atc_out_nodes(onnx_path: Path) -> list[str]:
-    """ATC ``--out_nodes`` from the graph's output names (never exporter node ids), in SPEC order."""
-    from common import graph
-
-    names = graph.output_names(graph.load(onnx_path))
-    expected = [o.name for o in SPEC.outputs_for("ascend")]
-    if names != expected:
-        raise ToolError(f"{onnx_path} has outputs {', '.join(names)}, expected {', '.join(expected)}: "
-                        "it is not an FCOS export of this tool; re-export it")
-    return names
-
-
 # --------------------------------------------------------------------------- pre/post-processing
-
-def letterbox_geometry(height: int, width: int) -> tuple[int, int, int, int]:
-    """(new_h, new_w, top, left) of an image of this size in the model canvas.
-
-    scale = min(canvas_w / w, canvas_h / h): mmdet's keep-ratio rule min(1333/long, 800/short) for
-    landscape images, but portrait images are fitted into the fixed landscape canvas too (mmdet
-    would make them 1333 high), as the recipe does. Sides become pixels by the data file's
-    ``resize_rounding`` ("floor", the recipe's fcos_pth_preprocess.py; mmdet rounds); the image is
-    centred (recipe), mmdet pads bottom-right.
-    """
-    _, canvas_h, canvas_w = SPEC.input.shape
-    return centred_letterbox(height, width, canvas_h, canvas_w, SPEC.input.resize_rounding)
-
 
 def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
     """BGR uint8 image -> (CHW float32 canvas, (scale_x, scale_y), (left, top, right, bottom) padding).
@@ -201,12 +159,9 @@ def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], 
     return letterbox_tensor(image_bgr, SPEC.input)
 
 
-def _scale_xy(entry: ManifestEntry) -> tuple[float, float]:
-    scale = entry.scale
-    sx, sy = (scale, scale) if isinstance(scale, (int, float)) else (float(scale[0]), float(scale[1]))
-    if not (sx > 0 and sy > 0):
-        raise ToolError(f"manifest entry {entry.stem} has scale {entry.scale}: rerun the data step")
-    return sx, sy
+def pixels(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
+    """:func:`preprocess` before normalisation, for ``--input uint8`` (AIPP normalises on the NPU)."""
+    return letterbox_pixels(image_bgr, SPEC.input)
 
 
 def postprocess(outputs: list[np.ndarray], entry: ManifestEntry, target: str) -> list[dict]:
@@ -215,7 +170,7 @@ def postprocess(outputs: list[np.ndarray], entry: ManifestEntry, target: str) ->
     Rows with score 0 are padding. Boxes: minus the padding offset, divided by the per-axis
     scale, clipped to the image. Labels 0..79 map to COCO category ids in ascending order.
     """
-    _check_target(target)
+    check_target(target)
     if entry.image_id is None:
         raise ToolError(f"manifest entry {entry.stem} has no image_id: "
                         "preprocess a COCO dataset (with annotations)")
@@ -225,7 +180,7 @@ def postprocess(outputs: list[np.ndarray], entry: ManifestEntry, target: str) ->
     labels = np.asarray(outputs[1]).reshape(-1)
     keep = dets[:, 4] > 0
     dets, labels = dets[keep], labels[keep]
-    sx, sy = _scale_xy(entry)
+    sx, sy = entry.axis_scales()
     left, top = entry.pad[0], entry.pad[1]
     width, height = entry.orig_size
     boxes = dets[:, :4].copy()
@@ -234,24 +189,22 @@ def postprocess(outputs: list[np.ndarray], entry: ManifestEntry, target: str) ->
     return to_coco_results(entry.image_id, boxes, dets[:, 4], labels, COCO80_CATEGORY_IDS)
 
 
-def oracle_outputs(anns: list[dict], entry: ManifestEntry, target: str,
-                   categories: Sequence[int]) -> list[np.ndarray]:
+def oracle_outputs(anns: list[dict], entry: ManifestEntry, target: str) -> list[np.ndarray]:
     """The (dets, labels) a perfect model would output for these ground-truth annotations.
 
-    Inverse of :func:`postprocess`: COCO boxes -> canvas pixels, category id -> class index,
-    score 1, at most 100 per image (crowd regions are skipped: COCO ignores detections on them).
+    Inverse of :func:`postprocess`: COCO boxes -> canvas pixels, COCO category id -> class index
+    (its place in COCO80_CATEGORY_IDS; any other id is refused, naming the annotation), score 1,
+    at most 100 per image (crowd regions are skipped: COCO ignores detections on them).
     """
-    _check_target(target)
-    if list(categories) != list(COCO80_CATEGORY_IDS):
-        raise ToolError("the annotation file's categories are not COCO's 80: FCOS predicts the COCO classes")
+    check_target(target)
     specs = SPEC.outputs_for(target)
     dets = np.zeros(specs[0].shape, np_dtype(specs[0].dtype))
     labels = np.zeros(specs[1].shape, np_dtype(specs[1].dtype))
-    sx, sy = _scale_xy(entry)
+    sx, sy = entry.axis_scales()
     left, top = entry.pad[0], entry.pad[1]
     objects = [a for a in anns if not a.get("iscrowd")][: dets.shape[0]]
     for i, ann in enumerate(objects):
         x, y, w, h = (float(v) for v in ann["bbox"])
         dets[i] = (x * sx + left, y * sy + top, (x + w) * sx + left, (y + h) * sy + top, 1.0)
-        labels[i] = list(categories).index(int(ann["category_id"]))
+        labels[i] = coco80_class_index(ann, "FCOS")
     return [dets, labels]

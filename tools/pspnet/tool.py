@@ -16,14 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from common.contract import check_target
 from common.errors import ToolError
 from common.fsutil import atomic_path
-from common.letterbox import centred_letterbox, letterbox_tensor
+from common.letterbox import letterbox_pixels, letterbox_tensor
+from common.manifest import ManifestEntry
 from common.spec import load_spec
-from common.tensors import ManifestEntry, np_dtype
+from common.tensors import np_dtype
 
-SPEC = load_spec("pspnet")
-TARGETS = ("ascend", "onnx")  # no custom op in this graph: both targets export the same standard ONNX
+# no custom op in this graph: both targets (common.contract.TARGETS) export the same standard ONNX
+SPEC = load_spec(Path(__file__).parent.name)
 OUTPUT_NAME = "seg"
 OPSET = 11
 CONFIG = "pspnet/pspnet_r50-d8_512x512_20k_voc12aug.py"  # inside the mmseg wheel (.mim/configs)
@@ -31,6 +33,8 @@ CONFIG = "pspnet/pspnet_r50-d8_512x512_20k_voc12aug.py"  # inside the mmseg whee
 #: where two class logits are within ~1e-5, which random weights produce on a few pixels at most
 PARITY_MISMATCH = 1e-3
 PARITY_SEED = 0
+#: the parity input's stand-in for letterbox padding: a zero band over the top sixth (common.parity)
+PARITY_BAND = {"top_band": 6}
 
 
 # --------------------------------------------------------------------------- model
@@ -185,12 +189,6 @@ def matmul_adaptive_pools(segmentor):
 
 # --------------------------------------------------------------------------- export
 
-def _check_target(target: str) -> str:
-    if target not in TARGETS:
-        raise ToolError(f"unknown TARGET '{target}' (valid: {', '.join(TARGETS)})")
-    return target
-
-
 def deploy_module(segmentor):
     """The exported computation: input (B,3,H,W) float16 -> (B,H,W) int32 class map."""
     import torch
@@ -207,20 +205,6 @@ def deploy_module(segmentor):
     return PSPNetDeploy(segmentor).eval()
 
 
-def parity_input(batch: int, seed: int = PARITY_SEED):
-    """A float16 batch like the preprocessed files: normalised pixels with a zero padded band."""
-    import torch
-
-    _, height, width = SPEC.input.shape
-    gen = torch.Generator().manual_seed(seed)
-    pixels = torch.rand((batch, 3, height, width), generator=gen) * 255.0
-    mean = torch.tensor(SPEC.input.mean).view(1, 3, 1, 1)
-    std = torch.tensor(SPEC.input.std).view(1, 3, 1, 1)
-    x = (pixels - mean) / std
-    x[:, :, : height // 6] = 0
-    return x.to(getattr(torch, SPEC.input.dtype))
-
-
 def export(weights: Path, out_path: Path, *, batch: int, target: str) -> dict:
     """Checkpoint -> static simplified ONNX at ``out_path`` + parity report against PyTorch.
 
@@ -232,14 +216,14 @@ def export(weights: Path, out_path: Path, *, batch: int, target: str) -> dict:
 
     from common import graph
     from common.customops import export_kwargs
-    from common.parity import ParityReport, compare_arrays, run_onnx, to_numpy
+    from common.parity import ParityReport, compare_arrays, parity_input, run_onnx, to_numpy
 
-    _check_target(target)
+    check_target(target)
     SPEC.check_batch(batch)
     c, height, width = SPEC.input.shape
     segmentor = load_model(weights)
     deploy = deploy_module(segmentor)
-    x = parity_input(batch)
+    x = parity_input(SPEC, batch, seed=PARITY_SEED, **PARITY_BAND)
     with torch.no_grad():
         reference = deploy(x)
     name = SPEC.input.name
@@ -263,25 +247,7 @@ def export(weights: Path, out_path: Path, *, batch: int, target: str) -> dict:
     return result
 
 
-def atc_out_nodes(onnx_path: Path) -> list[str]:
-    """ATC ``--out_nodes`` from the graph's output names (never exporter node ids)."""
-    from common import graph
-
-    names = graph.output_names(graph.load(onnx_path))
-    if names != [OUTPUT_NAME]:
-        raise ToolError(f"{onnx_path} has outputs {', '.join(names)}, expected {OUTPUT_NAME}: it is not a "
-                        "PSPNet export of this tool; re-export it")
-    return names
-
-
 # --------------------------------------------------------------------------- pre/post-processing
-
-def letterbox_geometry(height: int, width: int) -> tuple[int, int, int, int]:
-    """(new_h, new_w, top, left) in the 500x500 canvas (the recipe's centred letterbox, sides
-    floored as its mmsegmentation_voc2012_preprocess.py does: ``resize_rounding`` in model.toml)."""
-    _, canvas_h, canvas_w = SPEC.input.shape
-    return centred_letterbox(height, width, canvas_h, canvas_w, SPEC.input.resize_rounding)
-
 
 def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
     """BGR uint8 image -> (CHW float16 canvas, (scale_x, scale_y), (left, top, right, bottom) padding).
@@ -293,6 +259,11 @@ def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], 
     return letterbox_tensor(image_bgr, SPEC.input)
 
 
+def pixels(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
+    """:func:`preprocess` before normalisation, for ``--input uint8`` (AIPP normalises on the NPU)."""
+    return letterbox_pixels(image_bgr, SPEC.input)
+
+
 def postprocess(outputs: list[np.ndarray], entry: ManifestEntry, target: str) -> np.ndarray:
     """One image's class map on the canvas -> class map of the original image (uint8, H x W).
 
@@ -301,7 +272,7 @@ def postprocess(outputs: list[np.ndarray], entry: ManifestEntry, target: str) ->
     """
     import cv2
 
-    _check_target(target)
+    check_target(target)
     if len(outputs) != 1:
         raise ToolError(f"{entry.stem}: PSPNet has 1 output (seg), got {len(outputs)}")
     _, canvas_h, canvas_w = SPEC.input.shape
@@ -336,7 +307,7 @@ def oracle_outputs(label: np.ndarray, entry: ManifestEntry, target: str) -> list
     """
     import cv2
 
-    _check_target(target)
+    check_target(target)
     spec = SPEC.outputs_for(target)[0]
     _, canvas_h, canvas_w = SPEC.input.shape
     left, top, right, bottom = (int(p) for p in entry.pad)

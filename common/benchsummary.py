@@ -156,7 +156,17 @@ def parse_ais_summary(path_or_dir: str | os.PathLike, dirname: str | None = None
         "backend": _text(data.get("backend", "ais_bench"), "backend", path),
         "device": _text(device, "device", path),
         "model": _text(model, "model", path),
+        # ours only (ais_bench excludes its --warmup_count runs without reporting them)
+        "warmup_compute_ms": _warmup_times(data.get("warmup_compute_ms"), path),
     }
+
+
+def _warmup_times(value: object, path: Path) -> list[float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ToolError(f"{path}: warmup_compute_ms must be a list of milliseconds: rerun the measurement")
+    return [float(v) for v in value]
 
 
 def _load_json(path: Path) -> object:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.errors import ToolError
-from common.results import find_result_dir, read_results
+from common.resultfiles import find_result_dir, read_results
 from common.spec import OutputSpec
 
 OUTPUTS = (OutputSpec("boxes", "float32", (3, 4)), OutputSpec("labels", "int64", (3,)))

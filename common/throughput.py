@@ -28,18 +28,19 @@ def _synthetic_inputs(spec: ModelSpec, directory: Path, count: int) -> list[Path
 
 
 def measure_throughput(spec: ModelSpec, model_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                       backend: str, batches: list[int], device: int = 0, loop: int = 5,
+                       backend: str, batches: list[int], device: int = 0, loop: int = 5, warmup: int = 1,
                        prep_dir: str | os.PathLike | None = None, force: bool = False,
                        argv: list[str] | None = None) -> str:
     """Run the backend for each batch size; add the rows to perf.json + perf.md; return the Markdown.
 
     Rows accumulate across calls, one per (backend, batch size): static models need one file per
     batch size, so ``make M-perf BATCH="1 4 8"`` measures three files into one table. A row that
-    is already there is only measured again with ``force``.
+    is already there is only measured again with ``force``. The first ``warmup`` runs (graph load,
+    first allocations; ais_bench's ``--warmup_count``) are timed apart and never averaged in.
     """
     from common.backends import make_backend
+    from common.benchsummary import parse_ais_summary
     from common.report import Provenance, published_from_spec, throughput_table
-    from common.summary import parse_ais_summary
 
     out = Path(out_dir)
     rows = _load_rows(out / "perf.json", spec.name)
@@ -57,13 +58,14 @@ def measure_throughput(spec: ModelSpec, model_path: str | os.PathLike, out_dir: 
         dirname = f"perf_{spec.name}_{runner.name}_bs{batch}"
         shutil.rmtree(out / dirname, ignore_errors=True)  # the guard above decides about reuse
         (out / f"{dirname}_summary.json").unlink(missing_ok=True)
-        runner.run(inputs, out, dirname, batch, loop=loop)
+        runner.run(inputs, out, dirname, batch, loop=loop, warmup=warmup)
         summary = parse_ais_summary(out / f"{dirname}_summary.json")
         prov = Provenance.capture(runner.name, summary.get("device", str(device)), batch, argv=argv)
         rows = [r for r in rows if not (r["backend"] == runner.name and r["batch"] == batch)]
         rows.append({"backend": runner.name, "device": prov.device, "batch": batch, "fps": summary["throughput"],
                      "source": f"measured: {out / (dirname + '_summary.json')}", "model_file": str(model_path),
-                     "inputs": "dataset" if prep_dir else "synthetic", "loop": loop, "command": prov.command,
+                     "inputs": "dataset" if prep_dir else "synthetic", "loop": loop, "warmup": warmup,
+                     "warmup_ms": summary.get("warmup_compute_ms"), "command": prov.command,
                      "timestamp": prov.timestamp, "versions": prov.versions})
         rows.sort(key=lambda r: (r["backend"], r["batch"]))
         write_json_atomic(out / "perf.json", {"model": spec.name, "rows": rows})  # each size kept as it lands
@@ -90,6 +92,8 @@ def _provenance_lines(rows: list[dict]) -> str:
     lines = ["## Provenance of the measured rows", ""]
     for r in rows:
         versions = ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items() if v)
-        lines.append(f"- {r['backend']} bs{r['batch']} on {r['device']} ({r['inputs']} inputs, loop {r['loop']}, "
+        warm = r.get("warmup_ms")
+        cold = f", warm-up excluded: {', '.join(f'{v:.1f}' for v in warm)} ms" if warm else ""
+        lines.append(f"- {r['backend']} bs{r['batch']} on {r['device']} ({r['inputs']} inputs, loop {r['loop']}{cold}, "
                      f"{r['timestamp']}): `{r['command']}`; model `{r['model_file']}`; {versions}")
     return "\n".join(lines) + "\n"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import summary as summary_module
+from common import benchsummary as summary_module
+from common.benchsummary import make_ais_summary, parse_ais_stdout, parse_ais_summary, parse_benchmark_perf
 from common.errors import ToolError
-from common.summary import make_ais_summary, parse_ais_stdout, parse_ais_summary, parse_benchmark_perf
 
 DATA = Path(__file__).parent / "data"
 NEW_OUT = DATA / "ais_summary" / "ais_bench_2023" / "output"

@@ -1,0 +1,139 @@
+"""The data step with ``--input uint8`` against the recipe's approach and against the machine's floors,
+all measured in this process on the same generated COCO-like images.
+
+- baseline: the recipes' preprocessing scripts' approach, re-implemented here (one image at a time:
+  cv2.imread, resize, float normalisation of the whole canvas, ``tofile`` of float32 CHW);
+- ours, float: ``preprocess_dataset`` (worker threads, the tool's float tensors);
+- ours, uint8: ``preprocess_dataset(input_format="uint8")`` (the canvas before normalisation);
+- floors: JPEG decode rate with the same threads, and the page-cache write rate (MB/s) for the
+  bytes one image needs, so ``floor = min(decode, write_rate / bytes_per_image)``.
+
+Prints images/s, MB/s, the ratios to the baseline and the fraction of the floor (higher is better).
+
+    $(python3 -m common.envs ensure fcos) bench/bench_uint8.py --tool fcos [--images 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.contract import load_tool  # noqa: E402
+from common.demococo import make_mini_coco  # noqa: E402
+from common.pipeline import preprocess_dataset  # noqa: E402
+
+
+def recipe_style(images: list[Path], out: Path, spec) -> None:
+    """The recipes' scripts: serial, float normalisation of the whole canvas, float32 (PSPNet: float16)
+    files. EfficientDet's recipe resizes with PIL (effdet's loader) into a mean-filled top-left canvas;
+    FCOS's and PSPNet's with cv2 into a centred, zero-padded one."""
+    import cv2
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    c, height, width = spec.input.shape
+    mean = np.asarray(spec.input.mean, np.float32) * spec.input.mean_std_scale
+    std = np.asarray(spec.input.std, np.float32) * spec.input.mean_std_scale
+    pil = spec.raw.get("preprocess", {}).get("resize") == "pil-bilinear"
+    for path in images:
+        img = cv2.imread(str(path))
+        scale = min(height / img.shape[0], width / img.shape[1])
+        new_w, new_h = int(img.shape[1] * scale), int(img.shape[0] * scale)
+        if spec.input.color == "RGB":
+            img = img[:, :, ::-1]
+        if pil:
+            resized = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((new_w, new_h), Image.BILINEAR))
+            canvas = np.empty((height, width, c), np.float32)
+            canvas[:] = np.round(mean)
+            canvas[:new_h, :new_w] = resized
+            canvas = (canvas - mean) / std
+        else:
+            top, left = (height - new_h) // 2, (width - new_w) // 2
+            canvas = np.zeros((height, width, c), np.float32)
+            resized = cv2.resize(img, (new_w, new_h)).astype(np.float32)
+            canvas[top:top + new_h, left:left + new_w] = (resized - mean) / std
+        canvas.transpose(2, 0, 1).astype(spec.input.dtype).tofile(out / f"{path.stem}.bin")
+
+
+def decode_rate(images: list[Path], workers: int) -> float:
+    import cv2
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda p: cv2.imread(str(p)), images))
+    return len(images) / (time.perf_counter() - start)
+
+
+def write_rate(folder: Path, megabytes: int = 256) -> float:
+    """MB/s of writing fresh files into the page cache (what the data step's files cost, without fsync)."""
+    block = np.random.default_rng(0).integers(0, 255, 16 << 20, dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for i in range(megabytes // 16):
+        block.tofile(folder / f"w{i}.bin")
+    rate = megabytes / (time.perf_counter() - start)
+    for f in folder.iterdir():
+        f.unlink()
+    return rate
+
+
+def best_of(repeat: int, fn) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tool", default="fcos")
+    parser.add_argument("--images", type=int, default=60)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    tool = load_tool(args.tool)
+    spec = tool.SPEC
+    n = args.images
+    c, h, w = spec.input.shape
+    float_bytes = c * h * w * np.dtype(spec.input.dtype).itemsize
+    u8_bytes = c * h * w
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        # COCO-like sizes: about 640x480, so decoding and resizing cost what they cost on val2017
+        coco = make_mini_coco(root / "coco", n_images=n, seed=0, size_range=(400, 640))
+        images = sorted((coco / "val2017").glob("*.jpg"))
+        preprocess_dataset(tool, coco, root / "warm", workers=1, force=True)  # imports, page cache
+        runs = {
+            "recipe-style (baseline)": (lambda: recipe_style(images, root / "r", spec), float_bytes),
+            "ours, float": (lambda: preprocess_dataset(tool, coco, root / "f", workers=args.workers, force=True),
+                            float_bytes),
+            "ours, uint8": (lambda: preprocess_dataset(tool, coco, root / "u", workers=args.workers, force=True,
+                                                       input_format="uint8"), u8_bytes),
+        }
+        seconds = {name: best_of(args.repeat, fn) for name, (fn, _) in runs.items()}
+        decode = max(decode_rate(images, args.workers) for _ in range(args.repeat))
+        disk = max(write_rate(root / "disk") for _ in range(args.repeat))
+    base = n / seconds["recipe-style (baseline)"]
+    print(f"{args.tool}: {n} images ~640x480 -> {c}x{h}x{w}, {args.workers} workers, {os.cpu_count()} cores; "
+          f"floors: decode {decode:.0f} img/s, page-cache writes {disk:.0f} MB/s")
+    for name, (_, nbytes) in runs.items():
+        rate = n / seconds[name]
+        floor = min(decode, disk * 1e6 / nbytes)
+        print(f"  {name:<24} {rate:6.1f} img/s  {rate * nbytes / 1e6:6.0f} MB/s  {nbytes / 1e6:5.1f} MB/img  "
+              f"x{rate / base:4.1f} vs baseline  {rate / floor:4.0%} of floor ({floor:.0f} img/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The retinamask tool: see README.md."""
