@@ -76,3 +76,27 @@ def test_ready_environments_start_nothing(tmp_path):
     ran = []
     assert run.run_suites(SUITES[:2], builds, lambda env, paths: ran.append(env) or 1) == ["base", "efficientdet"]
     assert ran == ["base", "efficientdet"] and builds.describe() == ""
+
+
+def test_until_stops_the_optional_slow_tier_without_failing_it(tmp_path, monkeypatch):
+    """CI's slow tier runs "if time allows": a suite that would start past --until is reported as not run,
+    one that runs past it is stopped, and neither turns the run red (a real test failure still does)."""
+    import argparse
+    import subprocess
+    import sys
+
+    slow = tmp_path / "test_slow.py"
+    slow.write_text("import time\nimport pytest\n\n@pytest.mark.slow\ndef test_sleeps():\n    time.sleep(60)\n")
+    args = argparse.Namespace(slow_only=True, slow=False, pytest_args=[str(slow), "--rootdir", str(tmp_path)],
+                              until=time.time() + 3)
+    monkeypatch.setattr(run, "MIN_SUITE_S", 1)
+    started = time.monotonic()
+    assert run.pytest_runner(args)("base", []) == 0  # stopped after ~3 s, not after 60
+    assert time.monotonic() - started < 40
+    monkeypatch.setattr(run, "MIN_SUITE_S", 120)
+    args.until = time.time() + 10  # less than MIN_SUITE_S left: not started at all
+    started = time.monotonic()
+    assert run.pytest_runner(args)("base", []) == 0 and time.monotonic() - started < 5
+    done = subprocess.run([sys.executable, "tests/run.py", "--slow-only", "--only", "base", "--until",
+                           str(time.time())], cwd=run.REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "not run" in done.stdout
