@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ToolError
+from common.fsutil import run_main
 from common.spec import InputSpec, ModelSpec
 
 #: ``INPUT=`` values: ``float`` (the tool's own preprocessing, what the recipes feed) or ``uint8``
@@ -215,7 +216,7 @@ def write_uint8_onnx(spec: ModelSpec, onnx_path: Path, out_path: Path | None = N
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m common.aipp``: print a model's AIPP config, or write its uint8 ONNX for onnxruntime."""
-    from common.spec import MODELS, load_spec
+    from common.spec import MODELS
 
     parser = argparse.ArgumentParser(prog="python -m common.aipp", description=main.__doc__)
     parser.add_argument("command", choices=("config", "onnx"))
@@ -224,24 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="(onnx) where to write it (default: beside, *_uint8.onnx)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        spec = load_spec(args.model)
-        if args.command == "config":
-            print(aipp_config(aipp_params(spec.input)), end="")
-        else:
-            if args.onnx is None:
-                raise ToolError("onnx needs --onnx (the exported float ONNX)")
-            print(write_uint8_onnx(spec, args.onnx, args.out, force=args.force))
-    except ToolError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        from common.fsutil import os_error_message
+    return run_main(lambda: _command(args), args.out)
 
-        print(f"error: {os_error_message(err, args.out)}", file=sys.stderr)
-        return 2
-    return 0
 
+def _command(args) -> str:
+    from common.spec import load_spec
+
+    spec = load_spec(args.model)
+    if args.command == "config":
+        return aipp_config(aipp_params(spec.input)).rstrip("\n")
+    if args.onnx is None:
+        raise ToolError("onnx needs --onnx (the exported float ONNX)")
+    return str(write_uint8_onnx(spec, args.onnx, args.out, force=args.force))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,7 @@ from pathlib import Path
 from common.aipp import aipp_config, aipp_params, check_input_format
 from common.cann import set_env_script, soc_version
 from common.errors import ToolError
-from common.fsutil import os_error_message, write_json_atomic, write_text_atomic
+from common.fsutil import run_main, write_json_atomic, write_text_atomic
 from common.spec import MODELS, ModelSpec, load_spec
 
 TUNE_JOB_TYPES = {"subgraph": 1, "op": 2}  # AOE --job_type (seed 004 §4)
@@ -234,20 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="float (the data step's tensors) | uint8 (AIPP normalises on the NPU)")
     parser.add_argument("--force", action="store_true", help="rebuild an existing .om")
     args = parser.parse_args(argv)
-    try:
-        print(compile_om(load_spec(args.model), args.onnx, args.out, chip=args.chip, batch=args.batch,
-                         target=args.target, tune=args.tune, device=args.device, force=args.force,
-                         input_format=args.input_format))
-    except OSError as err:  # a read-only or full OUT: one line naming the path, never a traceback
-        print(f"error: {os_error_message(err, args.out)}", file=sys.stderr)
-        return 2
-    except ToolError as err:
-        print(f"error: {err}", file=sys.stderr)
-        if err.detail:
-            print(err.detail, file=sys.stderr)
-        return 2
-    return 0
-
+    return run_main(lambda: compile_om(load_spec(args.model), args.onnx, args.out, chip=args.chip, batch=args.batch,
+                                       target=args.target, tune=args.tune, device=args.device, force=args.force,
+                                       input_format=args.input_format), args.out)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -85,6 +85,47 @@ def python_version(name: str) -> str:
     raise EnvError(f"{main}: first line must be '# python: X.Y'")
 
 
+def unpack_file(name: str) -> Path | None:
+    """``tools/<model>/requirements-unpack.txt`` when the tool has one: sdists whose package is used
+    unpacked because ``pip install`` cannot build them (detectron2-cdo: its C++ sources are missing)."""
+    main, _ = requirement_files(name)
+    path = main.parent / "requirements-unpack.txt"
+    return path if main.name == "requirements.txt" and path.is_file() else None
+
+
+#: ``# unpack: <name>==<version> sha256=<hex> package=<top-level package>`` in requirements-unpack.txt
+UNPACK_LINE = re.compile(r"^#\s*unpack:\s*(\S+==\S+)\s+sha256=([0-9a-f]{64})\s+package=(\w+)\s*$", re.M)
+
+
+def unpack_sources(python: str, unpack: Path) -> None:
+    """Download each ``unpack:`` sdist with pip (no build), check its sha256, and copy only its
+    ``package/`` folder into ``python``'s site-packages (regular files and folders, nothing outside it)."""
+    import tarfile
+    import tempfile
+
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for requirement, sha256, package in UNPACK_LINE.findall(unpack.read_text()):
+        with tempfile.TemporaryDirectory() as tmp:
+            _run([python, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps", "--no-binary",
+                  ":all:", "--no-build-isolation", "-d", tmp, requirement])
+            (sdist,) = Path(tmp).iterdir()
+            got = hashlib.sha256(sdist.read_bytes()).hexdigest()
+            if got != sha256:
+                raise EnvError(f"checksum mismatch for {sdist.name} ({unpack}): expected {sha256}, got {got}")
+            with tarfile.open(sdist) as tar:
+                members = []
+                for member in tar.getmembers():
+                    parts = member.name.split("/")
+                    wanted = len(parts) > 1 and parts[1] == package and ".." not in parts
+                    if wanted and (member.isfile() or member.isdir()):
+                        member.name = "/".join(parts[1:])
+                        members.append(member)
+                shutil.rmtree(Path(site) / package, ignore_errors=True)
+                tar.extractall(site, members)
+        print(f"unpacked {package}/ of {requirement} (sha256 {sha256[:12]}...) into {site}", file=sys.stderr)
+
+
 def build_env_vars(build_file: Path | None) -> dict[str, str]:
     if not build_file:
         return {}
@@ -95,7 +136,8 @@ def pins_hash(name: str) -> str:
     main, build = requirement_files(name)
     lock = lock_file(name)
     h = hashlib.sha256(f"builder={BUILDER_VERSION};python={python_version(name)};".encode())
-    for f in _included(main) + ([build] if build else []) + ([lock] if lock.is_file() else []):
+    extra = [p for p in (build, lock if lock.is_file() else None, unpack_file(name)) if p]
+    for f in _included(main) + extra:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:12]
 
@@ -152,6 +194,9 @@ def install(name: str, python: str) -> None:
     _run(pip + ["-r", str(main)], cwd=main.parent)
     if build:
         _run(pip + ["--no-build-isolation", "-r", str(build)], env=build_env_vars(build), cwd=build.parent)
+    unpack = unpack_file(name)
+    if unpack:
+        unpack_sources(python, unpack)
 
 
 def ensure(name: str) -> Path:

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from common.errors import ToolError
 
@@ -91,6 +91,22 @@ def os_error_message(err: OSError, path: str | os.PathLike | None = None, *,
     fix = _OS_ERROR_FIXES.get(code, "check the path and rerun")
     verb = "cannot write" if code in _WRITE_ERRNOS else "cannot access"
     return f"{verb} {where if where is not None else 'a file'}: {reason}: {fix}"
+
+
+def run_main(step: Callable[[], object], path: str | os.PathLike | None = None) -> int:
+    """A plain (argparse) entry point's body: what ``step`` returns is printed; a ToolError or an OS
+    error (read-only or full ``path``) is one ``error:`` line (+ the error's detail), exit status 2."""
+    try:
+        print(step())
+    except OSError as err:
+        print(f"error: {os_error_message(err, path)}", file=sys.stderr)
+        return 2
+    except ToolError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if err.detail:
+            print(err.detail, file=sys.stderr)
+        return 2
+    return 0
 
 
 @contextlib.contextmanager

@@ -29,8 +29,9 @@ def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(base + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
 
 
-def test_every_tool_declaring_uint8_is_covered():
-    assert {"fcos", "pspnet", "efficientdet"} <= set(UINT8_MODELS)
+def test_uint8_is_declared_somewhere_and_only_by_ready_tools():
+    assert UINT8_MODELS, "no tool declares [capabilities] uint8_input: the tests below would check nothing"
+    assert all(load_spec(m).status == "ready" for m in UINT8_MODELS)
 
 
 @pytest.mark.parametrize("model", UINT8_MODELS)

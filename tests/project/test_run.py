@@ -11,20 +11,24 @@ from pathlib import Path
 
 from tests import run
 
-SUITES = [("base", ["tests/common"]), ("efficientdet", ["tests/efficientdet"]), ("fcos", ["tests/fcos"]),
-          ("pspnet", ["tests/pspnet"])]
+#: stand-in environments for the scheduler: mm_a and mm_b compile (as mmcv-full tools do), plain does not
+SUITES = [("base", ["tests/common"]), ("plain", ["tests/plain"]), ("mm_a", ["tests/mm_a"]),
+          ("mm_b", ["tests/mm_b"])]
 
 
 def test_compiling_environments_are_one_chain_started_first():
-    slow = {"fcos", "pspnet"}.__contains__
-    assert run.build_chains(["base", "fcos", "efficientdet", "pspnet"], slow=slow) == [
-        ["fcos", "pspnet"], ["base", "efficientdet"]]
+    slow = {"mm_a", "mm_b"}.__contains__
+    assert run.build_chains(["base", "mm_a", "plain", "mm_b"], slow=slow) == [
+        ["mm_a", "mm_b"], ["base", "plain"]]
     assert run.build_chains(["base"], slow=slow) == [["base"]]
 
 
 def test_the_pins_say_which_environments_compile():
-    assert run.compiles("fcos") and run.compiles("pspnet")  # mmcv-full from source
-    assert not run.compiles("base") and not run.compiles("efficientdet")
+    from common import envs
+
+    for env in envs.tool_envs():  # a requirements-build.txt (mmcv-full from source) is what compiles
+        assert run.compiles(env) == (envs.TOOLS_DIR / env / "requirements-build.txt").is_file(), env
+    assert not run.compiles("base") and any(run.compiles(env) for env in envs.tool_envs())
 
 
 def fake_builds(tmp_path: Path, seconds: dict[str, float], fail: set[str] = frozenset()) -> run.BackgroundBuilds:
@@ -35,12 +39,12 @@ def fake_builds(tmp_path: Path, seconds: dict[str, float], fail: set[str] = froz
         return ["sh", "-c", f'echo "start {env}" >> {events}; sleep {seconds[env]}; echo "compiling {env}: '
                             f'error: mmcv ops failed"; echo "end {env}" >> {events}; exit {rc}']
 
-    chains = run.build_chains(list(seconds), slow={"fcos", "pspnet"}.__contains__)
+    chains = run.build_chains(list(seconds), slow={"mm_a", "mm_b"}.__contains__)
     return run.BackgroundBuilds(chains, tmp_path / "logs", command=command)
 
 
 def test_suites_run_while_slow_builds_go_on_and_the_second_compile_waits_for_the_first(tmp_path):
-    builds = fake_builds(tmp_path, {"fcos": 1.5, "pspnet": 0.3, "base": 0.1, "efficientdet": 0.1})
+    builds = fake_builds(tmp_path, {"mm_a": 1.5, "mm_b": 0.3, "base": 0.1, "plain": 0.1})
     ran: list[tuple[str, float]] = []
     start = time.monotonic()
 
@@ -50,32 +54,32 @@ def test_suites_run_while_slow_builds_go_on_and_the_second_compile_waits_for_the
 
     builds.start()
     assert run.run_suites(SUITES, builds, suite) == []
-    assert [env for env, _ in ran] == ["base", "efficientdet", "fcos", "pspnet"]
-    fcos_done = builds.builds["fcos"].finished - start
-    assert ran[0][1] < fcos_done and ran[1][1] < fcos_done  # base and effdet did not wait for mmcv-full
+    assert [env for env, _ in ran] == ["base", "plain", "mm_a", "mm_b"]
+    mm_a_done = builds.builds["mm_a"].finished - start
+    assert ran[0][1] < mm_a_done and ran[1][1] < mm_a_done  # base and plain did not wait for the compile
     events = (tmp_path / "events.log").read_text().splitlines()
-    assert events.index("start pspnet") > events.index("end fcos")  # reuses fcos's mmcv-full wheel
-    assert events.index("start base") < events.index("end fcos")  # overlapping
-    assert "compiling fcos" in (tmp_path / "logs" / "fcos.log").read_text()  # the log is a file
+    assert events.index("start mm_b") > events.index("end mm_a")  # the second compile reuses the first's wheel
+    assert events.index("start base") < events.index("end mm_a")  # overlapping
+    assert "compiling mm_a" in (tmp_path / "logs" / "mm_a.log").read_text()  # the log is a file
 
 
 def test_a_failed_build_fails_its_suite_with_the_log_tail(tmp_path, capsys):
-    builds = fake_builds(tmp_path, {"fcos": 0.2, "pspnet": 0.1, "base": 0.1, "efficientdet": 0.1}, fail={"fcos"})
+    builds = fake_builds(tmp_path, {"mm_a": 0.2, "mm_b": 0.1, "base": 0.1, "plain": 0.1}, fail={"mm_a"})
     ran = []
     builds.start()
     failed = run.run_suites(SUITES, builds, lambda env, paths: ran.append(env) or 0)
-    assert failed == ["fcos"] and "fcos" not in ran and {"base", "efficientdet", "pspnet"} <= set(ran)
+    assert failed == ["mm_a"] and "mm_a" not in ran and {"base", "plain", "mm_b"} <= set(ran)
     err = capsys.readouterr().err
-    assert "error: building the fcos environment failed (exit 1; full log: " in err
-    assert "compiling fcos: error: mmcv ops failed" in err  # the tail says why
+    assert "error: building the mm_a environment failed (exit 1; full log: " in err
+    assert "compiling mm_a: error: mmcv ops failed" in err  # the tail says why
 
 
 def test_ready_environments_start_nothing(tmp_path):
     builds = run.BackgroundBuilds([], tmp_path / "logs")
     builds.start()
     ran = []
-    assert run.run_suites(SUITES[:2], builds, lambda env, paths: ran.append(env) or 1) == ["base", "efficientdet"]
-    assert ran == ["base", "efficientdet"] and builds.describe() == ""
+    assert run.run_suites(SUITES[:2], builds, lambda env, paths: ran.append(env) or 1) == ["base", "plain"]
+    assert ran == ["base", "plain"] and builds.describe() == ""
 
 
 def test_until_stops_the_optional_slow_tier_without_failing_it(tmp_path, monkeypatch):
