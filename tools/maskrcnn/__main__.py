@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from common.cli import main_for
 
-main_for("maskrcnn")
+main_for(Path(__file__).parent.name)

@@ -23,7 +23,7 @@ from common.metrics import COCO80_CATEGORY_IDS, to_coco_results
 from common.spec import load_spec
 from common.tensors import np_dtype
 
-SPEC = load_spec("maskrcnn")
+SPEC = load_spec(Path(__file__).parent.name)
 OUTPUT_NAMES = ("boxes", "scores", "classes", "masks")
 OPSET = 11
 #: detectron2's ResizeShortestEdge for this config (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST), the recipe's 800 / 1333
