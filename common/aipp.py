@@ -41,12 +41,6 @@ from common.spec import InputSpec, ModelSpec
 INPUT_FORMATS = ("float", "uint8")
 
 
-def check_input_format(value: str) -> str:
-    if value not in INPUT_FORMATS:
-        raise ToolError(f"unknown INPUT '{value}' (valid: {', '.join(INPUT_FORMATS)})")
-    return value
-
-
 @dataclass(frozen=True)
 class AippParams:
     """The static AIPP fields this project sets, per output channel (the model's colour order)."""
@@ -57,6 +51,13 @@ class AippParams:
     mean_chn: tuple[int, int, int]
     min_chn: tuple[float, float, float]
     var_reci_chn: tuple[float, float, float]
+
+
+def check_input_format(value: str) -> str:
+    """``value`` if it is one of :data:`INPUT_FORMATS`, else the error a user sees for ``INPUT=...``."""
+    if value not in INPUT_FORMATS:
+        raise ToolError(f"unknown INPUT '{value}' (valid: {', '.join(INPUT_FORMATS)})")
+    return value
 
 
 def pixel_mean_std(spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:

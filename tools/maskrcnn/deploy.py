@@ -103,9 +103,8 @@ class MaskRCNNDeploy(nn.Module):
 
     def __init__(self, model: nn.Module, target: str, input_hw: tuple[int, int]) -> None:
         super().__init__()
-        self.model = model
-        self.target = check_target(target)
-        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.model, self.target = model, check_target(target)
+        self.input_hw = tuple(int(side) for side in input_hw)  # (H, W) of the static canvas
         rpn, heads = model.proposal_generator, model.roi_heads
         self.pre_nms_topk = int(rpn.pre_nms_topk[False])
         self.post_nms_topk = int(rpn.post_nms_topk[False])
