@@ -32,7 +32,7 @@ def stages() -> list[str]:
 def venv_pin_files(tool: str) -> set[Path]:
     main, build = envs.requirement_files(tool)
     lock = envs.lock_file(tool)
-    return {p.resolve() for p in [*envs._included(main), build, lock] if p and p.is_file()}
+    return {p.resolve() for p in [*envs._included(main), build, lock, envs.unpack_file(tool)] if p and p.is_file()}
 
 
 @pytest.mark.parametrize("tool", containers.ready_tools())
