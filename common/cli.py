@@ -52,8 +52,16 @@ def _choice(value: str, valid: tuple[str, ...], name: str) -> str:
 
 #: every command that writes results refuses to overwrite them unless asked
 FORCE = typer.Option(False, "--force", help="overwrite existing outputs")
+SKIP_BAD = typer.Option(False, "--skip-bad", help="leave out unreadable images (recorded; mAP partial)")
+#: images preprocessed at once by the data and stream steps (see :func:`_workers`)
+WORKERS = typer.Option(0, help="images preprocessed at once (0: one per CPU core, at most 8)")
 #: what the data step writes and the .om takes (common.aipp)
 INPUT = typer.Option("float", "--input", help="float (normalised tensors) | uint8 (canvas; AIPP normalises on the NPU)")
+
+
+def _workers(requested: int) -> int:
+    """``--workers 0``: one per CPU core, at most 8."""
+    return requested or min(8, os.cpu_count() or 1)
 
 
 def _model_provenance(backend: str, batch: int, device: str, model_file: Path | None):
@@ -145,19 +153,15 @@ def build_app(model: str) -> typer.Typer:
     @app.command()
     def data(data: Path = typer.Option(..., help="COCO root (val2017/ + annotations/) or VOC2012 root"),
              out: Path = typer.Option(...), limit: Optional[int] = None,
-             skip_bad: bool = typer.Option(False, "--skip-bad",
-                                           help="leave out unreadable images (recorded; mAP partial)"),
-             workers: int = typer.Option(0, help="images preprocessed at once (0: one per CPU core, at most 8)"),
+             skip_bad: bool = SKIP_BAD,
+             workers: int = WORKERS,
              input_format: str = INPUT, force: bool = FORCE) -> None:
         """Preprocess a dataset into .bin tensors + manifest.json + .info files (resumable)."""
         from common.pipeline import preprocess_dataset
 
-        if workers == 0:
-            workers = min(8, os.cpu_count() or 1)
-
         with _user_errors(out):
             m = preprocess_dataset(tool(), data, out, limit=limit, skip_bad=skip_bad, force=force,
-                                   workers=workers, input_format=input_format)
+                                   workers=_workers(workers), input_format=input_format)
             print(f"{len(m.entries)} tensors in {out}" + (f" ({len(m.skipped)} skipped)" if m.skipped else ""))
 
     @app.command()
@@ -195,10 +199,9 @@ def build_app(model: str) -> typer.Typer:
                data: Path = typer.Option(..., help="COCO root (val2017/ + annotations/) or VOC2012 root"),
                out: Path = typer.Option(...), target: str = "ascend", backend: str = "onnxruntime",
                batch: int = 1, device: int = 0,
-               workers: int = typer.Option(0, help="images preprocessed at once (0: one per CPU core, at most 8)"),
+               workers: int = WORKERS,
                limit: Optional[int] = None,
-               skip_bad: bool = typer.Option(False, "--skip-bad",
-                                             help="leave out unreadable images (recorded; mAP partial)"),
+               skip_bad: bool = SKIP_BAD,
                input_format: str = INPUT,
                annotations: Optional[Path] = typer.Option(None, help="default: the dataset's own"),
                force: bool = FORCE) -> None:
@@ -211,7 +214,7 @@ def build_app(model: str) -> typer.Typer:
             label = "cpu" if backend == "onnxruntime" else f"npu:{device}"
             prov, notes = _model_provenance(backend, batch, label, model_file)
             stream_evaluate(tool(), data, model_file, out, target=target, provenance=prov, backend=backend,
-                            batch=batch, device=device, workers=workers or min(8, os.cpu_count() or 1),
+                            batch=batch, device=device, workers=_workers(workers),
                             limit=limit, skip_bad=skip_bad, input_format=input_format,
                             annotation_file=annotations, notes=notes, force=force)
             _print_report(out)

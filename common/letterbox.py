@@ -107,9 +107,9 @@ def letterbox_tensor(image_bgr: np.ndarray, spec: InputSpec):
 
 
 @functools.lru_cache(maxsize=8)
-def _filled_canvas(height: int, width: int, fill: tuple[int, int, int]) -> np.ndarray:
-    """A read-only canvas filled with ``fill``, copied per image (a memcpy; broadcasting a 3-value fill
-    into every pixel costs more than the resize)."""
+def filled_canvas(height: int, width: int, fill: tuple[int, int, int]) -> np.ndarray:
+    """A read-only (height, width, 3) uint8 canvas filled with ``fill``, to be copied per image (a memcpy;
+    broadcasting a 3-value fill into every pixel costs more than the resize)."""
     canvas = np.empty((height, width, 3), np.uint8)
     canvas[:] = fill
     canvas.setflags(write=False)
@@ -125,7 +125,7 @@ def letterbox_pixels(image_bgr: np.ndarray, spec: InputSpec):
     resized, placed = _resized_in_canvas(image_bgr, spec)
     new_h, new_w, top, left = placed
     _, canvas_h, canvas_w = spec.shape
-    canvas = _filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(spec))).copy()
+    canvas = filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(spec))).copy()
     canvas[top:top + new_h, left:left + new_w] = resized
     scale, pad = _geometry(image_bgr, spec, placed)
     return canvas, scale, pad

@@ -196,6 +196,8 @@ class CocoEvaluator(Evaluator):
             raise ToolError(f"COCO annotation file {self.annotation_file} is malformed "
                             f"(missing field {err}): regenerate or re-download it") from None
         self._valid_ids = set(self._gt.getImgIds())
+        #: images the annotation file lists (a run over fewer is a partial evaluation)
+        self.num_images = len(dataset.get("images", []))
         self._cat_ids = set(self._gt.getCatIds())
         self._stem_to_id = {Path(img.get("file_name", "")).stem: img_id
                             for img_id, img in self._gt.imgs.items() if img.get("file_name")}

@@ -100,6 +100,7 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
             print(f"resuming: {len(done)} of {len(images)} images already done", file=sys.stderr)
         progress = Progress(len(images), f"{spec.name} preprocess")
         todo = [image for image in images if str(image.path) not in done]
+
         def one(image) -> dict:
             return _preprocess_image(tool, image, stems[str(image.path)], work, layout, skip_bad)
 
@@ -466,7 +467,7 @@ class Scorer:
             iou_types = ("bbox", "segm") if tool.SPEC.task == "instance-segmentation" else ("bbox",)
             self.evaluator = CocoEvaluator(ann, iou_types=iou_types)
             self.evaluator.reset()
-            self.listed = len(json.loads(ann.read_text()).get("images", [])) if ann.is_file() else 0
+            self.listed = self.evaluator.num_images
 
     def postprocess(self, entry: ManifestEntry, outputs: list[np.ndarray]):
         if self.segmentation and entry.source not in self._labels:
@@ -485,18 +486,6 @@ class Scorer:
 
     def metrics(self) -> dict:
         return self.evaluator.evaluate()
-
-
-def postprocess_results(tool: ModuleType, manifest: Manifest, result_dir: str | os.PathLike,
-                        target: str) -> list[dict]:
-    """Read and validate every result file, then turn them into COCO detections."""
-    from common.resultfiles import read_results
-
-    results = read_results(result_dir, [e.stem for e in manifest.entries], tool.SPEC.outputs_for(target))
-    detections: list[dict] = []
-    for entry in manifest.entries:
-        detections.extend(tool.postprocess(results[entry.stem], entry, target))
-    return detections
 
 
 def evaluate(tool: ModuleType, prep_dir: str | os.PathLike, result_dir: str | os.PathLike, out_dir: str | os.PathLike,

@@ -18,9 +18,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+from common.backends.base import publish, staging_dir
 from common.benchsummary import SUMMARY_SUFFIX
 from common.errors import ToolError
-from common.fsutil import make_temp_dir, read_json, write_json_atomic
+from common.fsutil import read_json, write_json_atomic
 
 
 def parse_devices(value: str | int | Sequence[int]) -> list[int]:
@@ -67,11 +68,7 @@ class ShardedRunner:
 
     def run(self, inputs: Sequence[Path], out_dir: Path, dirname: str, batch: int, loop: int = 1) -> Path:
         out = Path(out_dir)
-        final = out / dirname
-        if final.exists() and any(final.iterdir()):
-            raise ToolError(f"{final} already exists: remove it (or pass --force) to run inference again")
-        out.mkdir(parents=True, exist_ok=True)
-        work = make_temp_dir(out, prefix=f".{dirname}.shards.")
+        work = staging_dir(out, dirname)  # refuses earlier results, as a single run does
         try:
             shards = [(d, shard(list(inputs), i, len(self.devices))) for i, d in enumerate(self.devices)]
             shards = [(d, files) for d, files in shards if files]
@@ -100,9 +97,7 @@ class ShardedRunner:
                 "sum_of_device_throughputs": sum(float(p["throughput"] or 0.0) for p in per_device),
                 "model": str(self.model_path), "loop": loop,
             })
-            if final.is_dir():
-                final.rmdir()
-            os.replace(merged, final)
-            return final
+            publish(merged, out / dirname)
+            return out / dirname
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -20,6 +20,7 @@ from common.contract import check_target
 from common.customops import iou_one_to_many
 from common.errors import ToolError
 from common.fsutil import atomic_path
+from common.letterbox import filled_canvas
 from common.metrics import COCO80_CATEGORY_IDS, coco80_class_index
 from common.spec import load_spec
 from common.tensors import ManifestEntry
@@ -267,16 +268,6 @@ def pixels(image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int, in
     return _canvas(image_bgr, rgb=False)
 
 
-@functools.lru_cache(maxsize=4)
-def _filled_canvas(rgb: bool, th: int, tw: int) -> np.ndarray:
-    """The empty canvas, filled with the mean pixel in the given channel order (copied per image:
-    a memcpy, where broadcasting the fill into every pixel costs more than the resize)."""
-    canvas = np.empty((th, tw, 3), dtype=np.uint8)
-    canvas[:] = _FILL if rgb else _FILL[::-1]
-    canvas.setflags(write=False)
-    return canvas
-
-
 def _canvas(image_bgr: np.ndarray, *, rgb: bool) -> tuple[np.ndarray, float, tuple[int, int, int, int]]:
     """The 512x512 uint8 canvas (resized image top-left, the rest mean-filled) in RGB or BGR order,
     scale, padding. PIL resamples every channel alike, so BGR is resized as it comes (no swap)."""
@@ -294,7 +285,8 @@ def _canvas(image_bgr: np.ndarray, *, rgb: bool) -> tuple[np.ndarray, float, tup
         raise ToolError(f"image of {w}x{h} pixels is too thin to resize to {tw}x{th}: "
                         "leave it out (--skip-bad)")
     source = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1] if rgb else image_bgr))
-    canvas = _filled_canvas(rgb, th, tw).copy()
+    fill = _FILL if rgb else _FILL[::-1]
+    canvas = filled_canvas(th, tw, tuple(int(v) for v in fill)).copy()  # a memcpy: cheaper than filling
     canvas[:nh, :nw] = np.asarray(source.resize((nw, nh), Image.BILINEAR))
     return canvas, scale, (0, 0, tw - nw, th - nh)
 
