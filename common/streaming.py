@@ -25,6 +25,7 @@ from types import ModuleType
 
 import numpy as np
 
+from common.backends.base import split_per_image
 from common.errors import ToolError
 from common.manifest import ManifestEntry
 from common.pipeline import (
@@ -86,8 +87,12 @@ def stream_evaluate(tool: ModuleType, data_root: str | os.PathLike, model_path: 
         def run(chunk: list[tuple[ManifestEntry, np.ndarray]]) -> None:
             tensors = [t for _, t in chunk] + [chunk[0][1]] * (batch - len(chunk))  # ais_bench pads so
             results = runner.infer(np.stack(tensors).reshape(shape))
+            if len(results) != len(outputs):
+                raise ToolError(f"the model gives {len(results)} outputs, the data file declares {len(outputs)} "
+                                "for this target: wrong model for this target")
+            per_image = split_per_image(results, batch, [o.name for o in outputs])
             for i, (entry, _) in enumerate(chunk):
-                arrays = _image_outputs(results, i, batch, outputs, entry.stem)
+                arrays = _image_outputs([parts[i] for parts in per_image], outputs, entry.stem)
                 pending.append((entry, post.submit(scorer.postprocess, entry, arrays)))
             score_ready()
 
@@ -126,15 +131,10 @@ def _input_shape(runner, layout: TensorLayout, batch: int, model_path: Path, inp
     return shape
 
 
-def _image_outputs(results: list[np.ndarray], index: int, batch: int, outputs, stem: str) -> list[np.ndarray]:
-    """Image ``index`` of a batch run, each output exactly as its result file would read back."""
-    if len(results) != len(outputs):
-        raise ToolError(f"the model gives {len(results)} outputs, the data file declares {len(outputs)} for "
-                        "this target: wrong model for this target")
+def _image_outputs(parts: list[np.ndarray], outputs, stem: str) -> list[np.ndarray]:
+    """One image's part of each output, exactly as its result file would read back."""
     arrays = []
-    for k, (result, out) in enumerate(zip(results, outputs)):
-        result = np.asarray(result)
-        part = result if batch == 1 else np.split(result, batch, axis=0)[index]
+    for k, (part, out) in enumerate(zip(parts, outputs)):
         data = np.ascontiguousarray(part).tobytes()
         if len(data) != expected_bytes(out):
             raise ToolError(f"image {stem}: output {k} ({out.name}) has {len(data)} bytes, the data file says "

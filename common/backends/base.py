@@ -170,13 +170,13 @@ def publish(staging: Path, final: Path) -> None:
     os.replace(staging, final)
 
 
-def save_outputs(outputs: Sequence[np.ndarray], chunk: list[tuple[Path, str | None]], directory: Path,
-                  names: Sequence[str]) -> None:
-    n = len(chunk)
+def split_per_image(outputs: Sequence[np.ndarray], n: int, names: Sequence[str]) -> list[list[np.ndarray]]:
+    """Each output of a run on ``n`` images, split along its first (batch) axis: ``[output][image]``."""
+    split = []
     for k, out in enumerate(outputs):
         array = np.asarray(out)
         if n == 1:
-            parts = [array]
+            split.append([array])
         elif array.ndim == 0 or array.shape[0] % n:
             name = names[k] if k < len(names) else str(k)
             raise ToolError(
@@ -184,7 +184,13 @@ def save_outputs(outputs: Sequence[np.ndarray], chunk: list[tuple[Path, str | No
                 f"{n}, so it cannot be split per image (run with BATCH=1)"
             )
         else:
-            parts = np.split(array, n, axis=0)
+            split.append(np.split(array, n, axis=0))
+    return split
+
+
+def save_outputs(outputs: Sequence[np.ndarray], chunk: list[tuple[Path, str | None]], directory: Path,
+                  names: Sequence[str]) -> None:
+    for k, parts in enumerate(split_per_image(outputs, len(chunk), names)):
         for (_, stem), part in zip(chunk, parts):
             if stem is not None:
                 np.ascontiguousarray(part).tofile(directory / f"{stem}_{k}.bin")
