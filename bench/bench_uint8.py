@@ -5,8 +5,8 @@ all measured in this process on the same generated COCO-like images.
   cv2.imread, resize, float normalisation of the whole canvas, ``tofile`` of float32 CHW);
 - ours, float: ``preprocess_dataset`` (worker threads, the tool's float tensors);
 - ours, uint8: ``preprocess_dataset(input_format="uint8")`` (the canvas before normalisation);
-- floors: JPEG decode rate with the same threads, and the page-cache write rate (MB/s) for the
-  bytes one image needs, so ``floor = min(decode, write_rate / bytes_per_image)``.
+- floors: JPEG decode rate with the same threads, and the page-cache write rate (MB/s) of as many
+  fresh files of one image's bytes, so ``floor = min(decode, write_rate / bytes_per_image)``.
 
 Prints images/s, MB/s, the ratios to the baseline and the fraction of the floor (higher is better).
 
@@ -34,8 +34,9 @@ from common.pipeline import preprocess_dataset  # noqa: E402
 
 def recipe_style(images: list[Path], out: Path, spec) -> None:
     """The recipes' scripts: serial, float normalisation of the whole canvas, float32 (PSPNet: float16)
-    files. EfficientDet's recipe resizes with PIL (effdet's loader) into a mean-filled top-left canvas;
-    FCOS's and PSPNet's with cv2 into a centred, zero-padded one."""
+    files. EfficientDet's recipe is effdet's loader: PIL decodes (``Image.open(...).convert("RGB")``) and
+    resizes into a mean-filled top-left canvas; FCOS's and PSPNet's decode (mmcv.imread = cv2.imread) and
+    resize with cv2 into a centred, zero-padded one."""
     import cv2
     from PIL import Image
 
@@ -45,18 +46,22 @@ def recipe_style(images: list[Path], out: Path, spec) -> None:
     std = np.asarray(spec.input.std, np.float32) * spec.input.mean_std_scale
     pil = spec.raw.get("preprocess", {}).get("resize") == "pil-bilinear"
     for path in images:
-        img = cv2.imread(str(path))
-        scale = min(height / img.shape[0], width / img.shape[1])
-        new_w, new_h = int(img.shape[1] * scale), int(img.shape[0] * scale)
-        if spec.input.color == "RGB":
-            img = img[:, :, ::-1]
         if pil:
-            resized = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((new_w, new_h), Image.BILINEAR))
+            with Image.open(path) as opened:
+                source = opened.convert("RGB")
+            scale = min(height / source.height, width / source.width)
+            new_w, new_h = int(source.width * scale), int(source.height * scale)
+            resized = np.asarray(source.resize((new_w, new_h), Image.BILINEAR))
             canvas = np.empty((height, width, c), np.float32)
             canvas[:] = np.round(mean)
             canvas[:new_h, :new_w] = resized
             canvas = (canvas - mean) / std
         else:
+            img = cv2.imread(str(path))
+            if spec.input.color == "RGB":
+                img = img[:, :, ::-1]
+            scale = min(height / img.shape[0], width / img.shape[1])
+            new_w, new_h = int(img.shape[1] * scale), int(img.shape[0] * scale)
             top, left = (height - new_h) // 2, (width - new_w) // 2
             canvas = np.zeros((height, width, c), np.float32)
             resized = cv2.resize(img, (new_w, new_h)).astype(np.float32)
@@ -73,14 +78,16 @@ def decode_rate(images: list[Path], workers: int) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def write_rate(folder: Path, megabytes: int = 256) -> float:
-    """MB/s of writing fresh files into the page cache (what the data step's files cost, without fsync)."""
-    block = np.random.default_rng(0).integers(0, 255, 16 << 20, dtype=np.uint8)
+def write_rate(folder: Path, nbytes: int, count: int) -> float:
+    """MB/s of writing ``count`` fresh files of ``nbytes`` each into the page cache, all kept until the end
+    (what the data step's tensor files cost, without fsync): many fresh multi-MB files cost the kernel more
+    per byte than rewriting a few large ones."""
+    block = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for i in range(megabytes // 16):
+    for i in range(count):
         block.tofile(folder / f"w{i}.bin")
-    rate = megabytes / (time.perf_counter() - start)
+    rate = count * nbytes / 1e6 / (time.perf_counter() - start)
     for f in folder.iterdir():
         f.unlink()
     return rate
@@ -123,13 +130,15 @@ def main() -> int:
         }
         seconds = {name: best_of(args.repeat, fn) for name, (fn, _) in runs.items()}
         decode = max(decode_rate(images, args.workers) for _ in range(args.repeat))
-        disk = max(write_rate(root / "disk") for _ in range(args.repeat))
+        disk = {nbytes: max(write_rate(root / "disk", nbytes, n) for _ in range(args.repeat))
+                for nbytes in sorted({float_bytes, u8_bytes})}
     base = n / seconds["recipe-style (baseline)"]
     print(f"{args.tool}: {n} images ~640x480 -> {c}x{h}x{w}, {args.workers} workers, {os.cpu_count()} cores; "
-          f"floors: decode {decode:.0f} img/s, page-cache writes {disk:.0f} MB/s")
+          f"floors: decode {decode:.0f} img/s, page-cache writes "
+          + ", ".join(f"{rate:.0f} MB/s in {nbytes / 1e6:.1f} MB files" for nbytes, rate in disk.items()))
     for name, (_, nbytes) in runs.items():
         rate = n / seconds[name]
-        floor = min(decode, disk * 1e6 / nbytes)
+        floor = min(decode, disk[nbytes] * 1e6 / nbytes)
         print(f"  {name:<24} {rate:6.1f} img/s  {rate * nbytes / 1e6:6.0f} MB/s  {nbytes / 1e6:5.1f} MB/img  "
               f"x{rate / base:4.1f} vs baseline  {rate / floor:4.0%} of floor ({floor:.0f} img/s)")
     return 0

@@ -66,17 +66,23 @@ def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     return ((pixels.astype(np.float64) - mean) * inv_std).astype(np.float32)
 
 
-def _resized_in_canvas(image_bgr: np.ndarray, spec: InputSpec):
-    """(the image resized as the data file says, (new_h, new_w, top, left)) for the centred letterbox."""
-    import cv2
-
+def _placement(image_bgr: np.ndarray, spec: InputSpec):
+    """(the checked image, (new_h, new_w, top, left)) of the centred letterbox."""
     img = np.asarray(image_bgr)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or 0 in img.shape:
         raise ToolError(f"preprocess wants a BGR uint8 image (H, W, 3), got {img.dtype} {list(img.shape)}")
     _, canvas_h, canvas_w = spec.shape
     height, width = img.shape[:2]
-    new_h, new_w, top, left = centred_letterbox(height, width, canvas_h, canvas_w, spec.resize_rounding)
-    return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR), (new_h, new_w, top, left)
+    return img, centred_letterbox(height, width, canvas_h, canvas_w, spec.resize_rounding)
+
+
+def _resized_in_canvas(image_bgr: np.ndarray, spec: InputSpec):
+    """(the image resized as the data file says, (new_h, new_w, top, left)) for the centred letterbox."""
+    import cv2
+
+    img, placed = _placement(image_bgr, spec)
+    new_h, new_w, _, _ = placed
+    return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR), placed
 
 
 def _geometry(image_bgr: np.ndarray, spec: InputSpec, placed: tuple[int, int, int, int]):
@@ -119,13 +125,23 @@ def filled_canvas(height: int, width: int, fill: tuple[int, int, int]) -> np.nda
 def letterbox_pixels(image_bgr: np.ndarray, spec: InputSpec):
     """BGR uint8 image -> (HWC uint8 BGR canvas, scale, padding): :func:`letterbox_tensor` before
     normalisation, for ``INPUT=uint8`` (the NPU's AIPP normalises; common.aipp). The canvas is
-    filled with the pixel nearest the mean (zero after normalisation, up to rounding)."""
+    filled with the pixel nearest the mean (zero after normalisation, up to rounding).
+
+    cv2 resizes straight into the canvas (its ``dst`` may be a view) and only the four padding strips
+    are copied from the filled canvas: each byte is written once, no resized copy is allocated.
+    """
+    import cv2
+
     from common.aipp import fill_pixel_bgr
 
-    resized, placed = _resized_in_canvas(image_bgr, spec)
+    img, placed = _placement(image_bgr, spec)
     new_h, new_w, top, left = placed
     _, canvas_h, canvas_w = spec.shape
-    canvas = filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(spec))).copy()
-    canvas[top:top + new_h, left:left + new_w] = resized
+    filled = filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(spec)))
+    canvas = np.empty_like(filled)
+    bottom, right = top + new_h, left + new_w
+    for strip in (np.s_[:top], np.s_[bottom:], np.s_[top:bottom, :left], np.s_[top:bottom, right:]):
+        canvas[strip] = filled[strip]
+    cv2.resize(img, (new_w, new_h), dst=canvas[top:bottom, left:right], interpolation=cv2.INTER_LINEAR)
     scale, pad = _geometry(image_bgr, spec, placed)
     return canvas, scale, pad

@@ -29,6 +29,22 @@ ORT_DTYPES = {
 }
 
 
+#: intra-op threads of every session (default: onnxruntime's, one per core). bench/bench_stream.py sets 1 to
+#: model an NPU host, where inference does not take the cores the data path runs on.
+THREADS_ENV = "ASCEND_VISION_ORT_THREADS"
+
+
+def session_options(ort):
+    """``ort.SessionOptions`` with the intra-op thread count of ``$ASCEND_VISION_ORT_THREADS`` when set."""
+    options = ort.SessionOptions()
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ToolError(f"{THREADS_ENV}={value!r} is invalid: give a thread count >= 1, or unset it")
+        options.intra_op_num_threads = int(value)
+    return options
+
+
 def customops_available() -> bool:
     """True when common.customops (CPU kernels for the Ascend custom ops) is part of this checkout."""
     return importlib.util.find_spec("common.customops") is not None
@@ -75,12 +91,12 @@ class OnnxRuntimeBackend(InProcessBackend):
             try:
                 from common.customops import cpu_session
 
-                return cpu_session(self.model_path, providers=providers)
+                return cpu_session(self.model_path, providers=providers, options=session_options(ort))
             except ImportError as err:  # e.g. onnxruntime-extensions absent: plain graphs still run
                 print(f"[onnxruntime] Ascend custom-op kernels unavailable ({first_line(err)}): "
                       "using a plain session", file=sys.stderr)
         try:
-            return ort.InferenceSession(str(self.model_path), providers=providers)
+            return ort.InferenceSession(str(self.model_path), sess_options=session_options(ort), providers=providers)
         except Exception as err:  # onnxruntime raises its own pybind exception types
             text = first_line(err)
             fix = ("the graph holds Ascend custom ops: install onnxruntime-extensions"

@@ -223,11 +223,11 @@ def register_ascend_ops() -> None:
         _REGISTERED = True
 
 
-def cpu_session(model: str | os.PathLike | Any, providers: Sequence[str] | None = None):
+def cpu_session(model: str | os.PathLike | Any, providers: Sequence[str] | None = None, options: Any = None):
     """ONNX Runtime session for an ONNX file or ModelProto, Ascend custom ops included.
 
     Applies :func:`to_cpu_graph`, registers the kernels and the onnxruntime-extensions library;
-    works unchanged for graphs without custom ops.
+    works unchanged for graphs without custom ops. ``options``: the caller's ``ort.SessionOptions``.
     """
     import onnx
     import onnxruntime as ort
@@ -247,7 +247,7 @@ def cpu_session(model: str | os.PathLike | Any, providers: Sequence[str] | None 
         proto, label = model, "in-memory ONNX model"
     cpu = to_cpu_graph(proto)
     register_ascend_ops()
-    options = ort.SessionOptions()
+    options = options or ort.SessionOptions()
     options.log_severity_level = 3
     options.register_custom_ops_library(get_library_path())
     try:
