@@ -11,6 +11,7 @@ import numpy as np
 from common.errors import ToolError
 from common.fsutil import read_json, write_json_atomic, write_text_atomic
 from common.manifest import Manifest
+from common.progress import StepProgress
 from common.spec import ModelSpec
 from common.tensors import np_dtype, write_tensor
 
@@ -49,26 +50,28 @@ def measure_throughput(spec: ModelSpec, model_path: str | os.PathLike, out_dir: 
         spec.check_batch(batch)
         if not force and any(r["backend"] == runner.name and r["batch"] == batch for r in rows):
             raise ToolError(f"{out / 'perf.json'} already has {runner.name} bs{batch}: pass --force to measure again")
-    for batch in batches:
-        if prep_dir:
-            manifest = Manifest.load(prep_dir)
-            inputs = [manifest.tensor_path(prep_dir, e) for e in manifest.entries]
-        else:
-            inputs = _synthetic_inputs(spec, out / "synthetic_inputs", batch)
-        dirname = f"perf_{spec.name}_{runner.name}_bs{batch}"
-        shutil.rmtree(out / dirname, ignore_errors=True)  # the guard above decides about reuse
-        (out / f"{dirname}_summary.json").unlink(missing_ok=True)
-        runner.run(inputs, out, dirname, batch, loop=loop, warmup=warmup)
-        summary = parse_ais_summary(out / f"{dirname}_summary.json")
-        prov = Provenance.capture(runner.name, summary.get("device", str(device)), batch, argv=argv)
-        rows = [r for r in rows if not (r["backend"] == runner.name and r["batch"] == batch)]
-        rows.append({"backend": runner.name, "device": prov.device, "batch": batch, "fps": summary["throughput"],
-                     "source": f"measured: {out / (dirname + '_summary.json')}", "model_file": str(model_path),
-                     "inputs": "dataset" if prep_dir else "synthetic", "loop": loop, "warmup": warmup,
-                     "warmup_ms": summary.get("warmup_compute_ms"), "command": prov.command,
-                     "timestamp": prov.timestamp, "versions": prov.versions})
-        rows.sort(key=lambda r: (r["backend"], r["batch"]))
-        write_json_atomic(out / "perf.json", {"model": spec.name, "rows": rows})  # each size kept as it lands
+    with StepProgress(f"{spec.name} perf", len(batches), "batch sizes") as progress:
+        for batch in batches:
+            if prep_dir:
+                manifest = Manifest.load(prep_dir)
+                inputs = [manifest.tensor_path(prep_dir, e) for e in manifest.entries]
+            else:
+                inputs = _synthetic_inputs(spec, out / "synthetic_inputs", batch)
+            dirname = f"perf_{spec.name}_{runner.name}_bs{batch}"
+            shutil.rmtree(out / dirname, ignore_errors=True)  # the guard above decides about reuse
+            (out / f"{dirname}_summary.json").unlink(missing_ok=True)
+            runner.run(inputs, out, dirname, batch, loop=loop, warmup=warmup)
+            summary = parse_ais_summary(out / f"{dirname}_summary.json")
+            prov = Provenance.capture(runner.name, summary.get("device", str(device)), batch, argv=argv)
+            rows = [r for r in rows if not (r["backend"] == runner.name and r["batch"] == batch)]
+            rows.append({"backend": runner.name, "device": prov.device, "batch": batch, "fps": summary["throughput"],
+                         "source": f"measured: {out / (dirname + '_summary.json')}", "model_file": str(model_path),
+                         "inputs": "dataset" if prep_dir else "synthetic", "loop": loop, "warmup": warmup,
+                         "warmup_ms": summary.get("warmup_compute_ms"), "command": prov.command,
+                         "timestamp": prov.timestamp, "versions": prov.versions})
+            rows.sort(key=lambda r: (r["backend"], r["batch"]))
+            write_json_atomic(out / "perf.json", {"model": spec.name, "rows": rows})  # each size kept as it lands
+            progress.advance()
     _, published_rows, _ = published_from_spec(spec.published, where=str(spec.path))
     table = throughput_table(rows, published_rows)
     write_text_atomic(out / "perf.md", table + "\n" + _provenance_lines(rows))

@@ -21,6 +21,7 @@ from typing import Iterable, Mapping
 
 from common.errors import ToolError
 from common.fsutil import atomic_path
+from common.progress import BYTES, StepProgress
 from common.spec import WeightsSpec
 
 CACHE_ENV = "ASCEND_VISION_CACHE"
@@ -109,13 +110,11 @@ def download(url: str, dest: Path) -> Path:
         with urllib.request.urlopen(url, timeout=60) as resp, atomic_path(dest) as tmp:
             total = int(resp.headers.get("Content-Length") or 0)
             done = 0
-            with open(tmp, "wb") as f:
+            with open(tmp, "wb") as f, StepProgress(f"download {dest.name}", total or None, BYTES) as progress:
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
                     f.write(chunk)
                     done += len(chunk)
-                    if total:
-                        print(f"\r  {done / total:6.1%} of {total / 1e6:.1f} MB", end="", file=sys.stderr)
-            print(file=sys.stderr)
+                    progress.advance(len(chunk))
             if total and done != total:
                 raise ToolError(f"download of {url} truncated ({done} of {total} bytes): rerun to retry")
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:

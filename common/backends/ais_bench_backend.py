@@ -3,6 +3,7 @@ its command line is installed, through ``python3 -m ais_bench``; failures get a 
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
@@ -30,8 +31,11 @@ from common.benchsummary import OLD_SUMMARY_NAME, SUMMARY_SUFFIX
 from common.cann import ais_bench_importable
 from common.errors import ToolError
 from common.fsutil import read_json, write_json_atomic
+from common.progress import live_bar_wanted, quiet_interval
 
 CLI_TAIL_LINES = 20
+#: seconds between two echoed redraws of ais_bench's own progress bar on a terminal
+REDRAW_ECHO_S = 1.0
 #: ais_bench's path_security_check refuses any other character in --model/--input/--output paths
 AIS_PATH_CHARS = re.compile(r"^[_A-Za-z0-9/.-]+$")
 #: a comma-joined --input longer than this risks the kernel's 128 KiB limit on one argument
@@ -275,17 +279,28 @@ def _link_inputs(files: list[Path], folder: Path) -> Path:
 
 
 def _stream(cmd: list[str]) -> tuple[int, list[str]]:
-    """Run ``cmd``, echoing its output to stderr as progress; return its exit code and last lines."""
+    """Run ``cmd``, echoing its output to stderr as progress; return its exit code and last lines.
+
+    ais_bench's own progress bar (tqdm) redraws with ``\\r`` many times a second: each redraw would
+    be a line of its own, so a redraw is echoed at most once per ``REDRAW_ECHO_S`` on a terminal
+    and once per progress interval in a log (common.progress); the bar's final state always is.
+    """
     kept: deque[str] = deque(maxlen=200)
+    every = REDRAW_ECHO_S if live_bar_wanted(sys.stderr) else quiet_interval()
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as err:
         raise ToolError(f"cannot start {cmd[0]}: {err.strerror or err}") from None
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
+        echoed = time.monotonic() - every
+        # newline="": a piece ends at \n, \r\n or a lone \r (a redraw), untranslated
+        for piece in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline=""):
+            line = piece.rstrip("\r\n")
+            if piece.endswith("\r") and line.strip():
+                if time.monotonic() - echoed < every:
+                    continue
+                echoed = time.monotonic()
             if line.strip():
                 kept.append(line)
                 print(line, file=sys.stderr, flush=True)

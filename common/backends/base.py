@@ -1,5 +1,5 @@
 """What every backend shares: tensor specs, the Backend interface, ais_bench's input order, batching,
-result layout and staging, progress, and the in-process run loop (the layout is described in
+result layout and staging, and the in-process run loop with its progress (the layout is described in
 :mod:`common.backends`)."""
 
 from __future__ import annotations
@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence, runtime_checkable
@@ -18,6 +16,7 @@ import numpy as np
 from common.benchsummary import SUMMARY_SUFFIX, make_ais_summary
 from common.errors import ToolError
 from common.fsutil import make_temp_dir, write_json_atomic
+from common.progress import StepProgress
 
 
 @dataclass(frozen=True)
@@ -201,28 +200,6 @@ def first_line(err: BaseException) -> str:
     return (text[0] if text else type(err).__name__)[:300]
 
 
-class Progress:
-    """Batches done, on stderr: rewritten in place on a terminal, a line every few seconds in a log."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total, self.done = label, total, 0
-        self.start = self.last = time.monotonic()
-
-    def step(self) -> None:
-        self.done += 1
-        stream = sys.stderr
-        tty = stream.isatty()
-        now = time.monotonic()
-        if self.done < self.total and now - self.last < (0.2 if tty else 5.0):
-            return
-        self.last = now
-        rate = self.done / max(now - self.start, 1e-9)
-        end = "\n" if self.done == self.total or not tty else ""
-        prefix = "\r" if tty else ""
-        print(f"{prefix}[{self.label}] {self.done}/{self.total} batches, {rate:.2f} batches/s", end=end,
-              file=stream, flush=True)
-
-
 # --- backends that batch in this process ---------------------------------------------------------
 
 class InProcessBackend:
@@ -270,17 +247,17 @@ class InProcessBackend:
         h2d: list[float] = []
         d2h: list[float] = []
         try:
-            progress = Progress(self.name, len(plan.batches))
-            for i, chunk in enumerate(plan.batches):
-                feed = np.concatenate([np.fromfile(f, dtype=dtype) for f, _ in chunk]).reshape(shape)
-                if i == 0 and warmup:  # cold runs (graph load, allocations): timed apart, never averaged in
-                    _, warm_ms, _, _ = self._timed_runs(feed, warmup)
-                outputs, c, h, d = self._timed_runs(feed, loop)
-                compute += c
-                h2d += h
-                d2h += d
-                save_outputs(outputs, chunk, staging, output_names)
-                progress.step()
+            with StepProgress(f"{self.name} inference", len(plan.batches), "batches") as progress:
+                for i, chunk in enumerate(plan.batches):
+                    feed = np.concatenate([np.fromfile(f, dtype=dtype) for f, _ in chunk]).reshape(shape)
+                    if i == 0 and warmup:  # cold runs (graph load, allocations): timed apart, never averaged in
+                        _, warm_ms, _, _ = self._timed_runs(feed, warmup)
+                    outputs, c, h, d = self._timed_runs(feed, loop)
+                    compute += c
+                    h2d += h
+                    d2h += d
+                    save_outputs(outputs, chunk, staging, output_names)
+                    progress.advance()
             publish(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

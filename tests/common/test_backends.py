@@ -131,7 +131,7 @@ def test_onnxruntime_batches_pads_and_writes_ais_layout(tmp_path, capsys):
     assert (summary["backend"], summary["device"], summary["batchsize"]) == ("onnxruntime", "cpu", 2)
     assert summary["model"] == str(model)
     assert summary["throughput"] == pytest.approx(1000 * 2 / summary["npu_compute_time"]["mean"])
-    assert "[onnxruntime] 2/2 batches" in capsys.readouterr().err
+    assert "onnxruntime inference: 2/2 batches in " in capsys.readouterr().err
 
 
 def test_onnxruntime_static_batch_and_directory_input(tmp_path):
@@ -454,7 +454,7 @@ def test_customops_import_error_falls_back_and_custom_graphs_get_a_hint(tmp_path
 
     broken = types.ModuleType("common.customops")
 
-    def cpu_session(model, providers=None):
+    def cpu_session(model, providers=None, options=None):
         raise ImportError("No module named 'onnxruntime_extensions'")
 
     broken.cpu_session = cpu_session
