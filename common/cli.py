@@ -55,8 +55,18 @@ FORCE = typer.Option(False, "--force", help="overwrite existing outputs")
 SKIP_BAD = typer.Option(False, "--skip-bad", help="leave out unreadable images (recorded; mAP partial)")
 #: images preprocessed at once by the data and stream steps (see :func:`_workers`)
 WORKERS = typer.Option(0, help="images preprocessed at once (0: one per CPU core, at most 8)")
+#: a deterministic part of the dataset, for one pod of a Kubernetes Indexed Job (common.shardmerge)
+SHARD = typer.Option(None, "--shard", help="I/N (0 <= I < N) or auto/N (I from $JOB_COMPLETION_INDEX): run only "
+                     "that shard of the dataset, resumable; `merge` evaluates the shards")
 #: what the data step writes and the .om takes (common.aipp)
 INPUT = typer.Option("float", "--input", help="float (normalised tensors) | uint8 (canvas; AIPP normalises on the NPU)")
+
+
+def _shard(text: str | None):
+    """``--shard`` parsed (None when not given)."""
+    from common.shardmerge import parse_shard
+
+    return None if text is None else parse_shard(text)
 
 
 def _workers(requested: int) -> int:
@@ -77,6 +87,11 @@ def _model_provenance(backend: str, batch: int, device: str, model_file: Path | 
         if record and not record.get("verified"):
             notes = (f"UNVERIFIED WEIGHTS: {prov.weights}",)
     return prov, notes
+
+
+def _device_label(backend: str, device) -> str:
+    """The device a report names: onnxruntime runs on the CPU."""
+    return "cpu" if backend == "onnxruntime" else f"npu:{device}"
 
 
 def _print_report(out: Path) -> None:
@@ -155,13 +170,13 @@ def build_app(model: str) -> typer.Typer:
              out: Path = typer.Option(...), limit: Optional[int] = None,
              skip_bad: bool = SKIP_BAD,
              workers: int = WORKERS,
-             input_format: str = INPUT, force: bool = FORCE) -> None:
+             input_format: str = INPUT, shard: Optional[str] = SHARD, force: bool = FORCE) -> None:
         """Preprocess a dataset into .bin tensors + manifest.json + .info files (resumable)."""
         from common.pipeline import preprocess_dataset
 
         with _user_errors(out):
             m = preprocess_dataset(tool(), data, out, limit=limit, skip_bad=skip_bad, force=force,
-                                   workers=_workers(workers), input_format=input_format)
+                                   workers=_workers(workers), input_format=input_format, shard=_shard(shard))
             print(f"{len(m.entries)} tensors in {out}" + (f" ({len(m.skipped)} skipped)" if m.skipped else ""))
 
     @app.command()
@@ -169,14 +184,22 @@ def build_app(model: str) -> typer.Typer:
               prep: Path = typer.Option(..., help="preprocessed dataset directory"),
               out: Path = typer.Option(...), backend: str = "onnxruntime", batch: int = 1,
               device: str = typer.Option("0", help="NPU id, or several (0,1,2,3): one shard per device"),
+              shard: Optional[str] = typer.Option(None, "--shard", help="I/N or auto/N: --prep is that shard's "
+                                                  "`data --shard` folder; writes OUT/shard.json for `merge`"),
               force: bool = FORCE) -> None:
         """Run inference; writes ais_bench's layout (<out>/<dirname>/<stem>_<k>.bin + summary)."""
         from common.pipeline import run_inference
+        from common.shardmerge import infer_shard
 
         with _user_errors(out):
             _choice(backend, BACKENDS, "BACKEND")
-            print(run_inference(tool().SPEC, model_file, prep, out, backend=backend, batch=batch,
-                                device=device, force=force))
+            part = _shard(shard)
+            if part is None:
+                print(run_inference(tool().SPEC, model_file, prep, out, backend=backend, batch=batch,
+                                    device=device, force=force))
+            else:
+                print(infer_shard(tool().SPEC, model_file, prep, out, part, backend=backend, batch=batch,
+                                  device=device, force=force))
 
     @app.command(name="eval")
     def evaluate_cmd(prep: Path = typer.Option(...), results: Path = typer.Option(..., help="result directory"),
@@ -204,6 +227,9 @@ def build_app(model: str) -> typer.Typer:
                skip_bad: bool = SKIP_BAD,
                input_format: str = INPUT,
                annotations: Optional[Path] = typer.Option(None, help="default: the dataset's own"),
+               shard: Optional[str] = typer.Option(None, "--shard", help="I/N or auto/N: only that shard, "
+                                                   "resumable, its results and shard.json into OUT; no report "
+                                                   "(`merge` evaluates all shards)"),
                force: bool = FORCE) -> None:
         """data + infer + eval in one pass, in overlapping stages, writing no tensor or result files."""
         from common.streaming import stream_evaluate
@@ -211,12 +237,46 @@ def build_app(model: str) -> typer.Typer:
         with _user_errors(out):
             check_target(target)
             _choice(backend, BACKENDS, "BACKEND")
-            label = "cpu" if backend == "onnxruntime" else f"npu:{device}"
+            part = _shard(shard)
+            label = _device_label(backend, device)
             prov, notes = _model_provenance(backend, batch, label, model_file)
             stream_evaluate(tool(), data, model_file, out, target=target, provenance=prov, backend=backend,
                             batch=batch, device=device, workers=_workers(workers),
                             limit=limit, skip_bad=skip_bad, input_format=input_format,
-                            annotation_file=annotations, notes=notes, force=force)
+                            annotation_file=annotations, notes=notes, force=force, shard=part)
+            if part is None:
+                _print_report(out)
+            else:
+                print(out / "shard.json")
+
+    @app.command()
+    def merge(shards: Path = typer.Option(..., help="folder holding the shard folders 0 .. N-1"),
+              count: int = typer.Option(..., help="N, the number of shards the run was split into"),
+              data: Path = typer.Option(..., help="the dataset root the shards ran on"),
+              out: Path = typer.Option(..., help="where report.json / report.md (+ detections.json) go"),
+              target: Optional[str] = typer.Option(None, help="default: the one the shards ran with (ascend)"),
+              annotations: Optional[Path] = typer.Option(None, help="default: the shards' (the dataset's own)"),
+              backend: Optional[str] = typer.Option(None, help="for the report (default: what the shards recorded)"),
+              batch: Optional[int] = typer.Option(None, help="for the report (default: what the shards recorded)"),
+              model_file: Optional[Path] = typer.Option(None, "--model", help="for the report (default: the "
+                                                        "shards' model file)"),
+              force: bool = FORCE) -> None:
+        """Check that shards 0..N-1 are all complete, merge their results and evaluate once (stream or infer shards)."""
+        from common.shardmerge import merge_shards
+
+        def provenance_of(record: dict):
+            used = backend or record.get("backend") or "onnxruntime"
+            model = model_file or (Path(record["model_file"]) if record.get("model_file") else None)
+            return _model_provenance(used, batch or record.get("batch") or 1,
+                                     _device_label(used, record.get("device", 0)), model)
+
+        with _user_errors(out):
+            if target is not None:
+                check_target(target)
+            if backend is not None:
+                _choice(backend, BACKENDS, "BACKEND")
+            merge_shards(tool(), shards, count, data, out, provenance=provenance_of, target=target,
+                         annotation_file=annotations, force=force)
             _print_report(out)
 
     @app.command()

@@ -28,6 +28,7 @@ from common.errors import ToolError
 from common.fsutil import exclusive_lock, os_error_message, read_json, write_json_atomic
 from common.infofile import check_info_path, write_bin_info, write_info
 from common.manifest import MANIFEST_NAME, Manifest, ManifestEntry
+from common.progress import StepProgress
 from common.spec import ModelSpec
 from common.tensors import np_dtype, tensor_stem, write_tensor
 
@@ -38,29 +39,11 @@ FORCE_SUFFIX = ".force.part"
 OLD_SUFFIX = ".old.part"
 
 
-class Progress:
-    """A terse progress line on stderr (no dependency, works in CI logs)."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.start, self.last = total, label, time.monotonic(), 0.0
-        self.finished = False
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if self.finished:
-            return
-        if done == self.total or now - self.last > 2.0:
-            self.last = now
-            rate = done / max(now - self.start, 1e-9)
-            print(f"{self.label}: {done}/{self.total} ({rate:.1f}/s)", file=sys.stderr, flush=True)
-            self.finished = done == self.total
-
-
 # --- preprocessing ------------------------------------------------------------------------------
 
 def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
                        limit: int | None = None, skip_bad: bool = False, force: bool = False,
-                       workers: int = 1, input_format: str = "float") -> Manifest:
+                       workers: int = 1, input_format: str = "float", shard=None) -> Manifest:
     """Write ``<out>/<stem>.bin`` for every image, then ``manifest.json`` and the .info files.
 
     Everything that can be known before the work is checked first (tensor names, duplicate
@@ -83,10 +66,14 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
     out = Path(out_dir).resolve()
     dataset, images = dataset_images(spec, data_root, limit)
     stems = tensor_stems(images, out)
+    if shard is not None:  # a common.shardmerge.ShardSpec: only its part, recorded in shard.json at the end
+        images = shard.select(images, dataset.root)
     # every [input] setting (shape, mean/std, rounding, EXIF rule, ...): a resumed run whose data
     # file changed in between would otherwise mix tensors made under two rules
     run_meta = {"model": spec.name, "input": json.loads(json.dumps(dataclasses.asdict(spec.input))),
                 "annotation_file": str(dataset.annotation_file), "limit": limit, "input_format": input_format}
+    if shard is not None:
+        run_meta["shard"] = str(shard)
     finished = (out / MANIFEST_NAME).exists()
     if finished and not force:
         raise ToolError(f"{out} already holds a preprocessed dataset: pass --force to redo it")
@@ -98,21 +85,25 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
         done = _journalled(work, journal, entry_bytes)
         if done:
             print(f"resuming: {len(done)} of {len(images)} images already done", file=sys.stderr)
-        progress = Progress(len(images), f"{spec.name} preprocess")
         todo = [image for image in images if str(image.path) not in done]
 
         def one(image) -> dict:
             return _preprocess_image(tool, image, stems[str(image.path)], work, layout, skip_bad)
 
         synced = time.monotonic()
-        with ordered_map(workers) as bounded_map:
+        with ordered_map(workers) as bounded_map, StepProgress(f"{spec.name} preprocess", len(images), "images",
+                                                               completed=len(images) - len(todo)) as progress:
             for n, rec in enumerate(bounded_map(one, todo), len(images) - len(todo) + 1):
                 journal.write(json.dumps(rec) + "\n")
                 journal.flush()  # in the OS once written: a killed run's records survive it
                 synced = _sync_every(journal, synced, JOURNAL_SYNC_S)
                 done[rec["source"]] = rec
                 progress.update(n)
-        progress.update(len(images))
+        if shard is not None:
+            from common.shardmerge import write_shard_record
+
+            write_shard_record(work, shard, [stems[str(im.path)] for im in images], kind="data", model=spec.name,
+                               input_format=input_format, limit=limit)
         manifest = _write_manifest(spec, layout, dataset, images, done, work, out)
         (work / PROGRESS_NAME).unlink()
         (work / RUN_META_NAME).unlink()
@@ -301,9 +292,10 @@ def _tool_preprocess(tool: ModuleType, bgr, path: Path, layout: TensorLayout):
 
 
 #: the journal reaches the disk itself (fsync, against power loss) at most this often: an fsync per
-#: image cost 11 ms here, more than preprocessing a uint8 image; a record lost to a power cut only
-#: means that image is preprocessed again on resume (the tensor files are not fsynced either)
-JOURNAL_SYNC_S = 1.0
+#: image cost 11 ms here, more than preprocessing a uint8 image, and 160 ms on a busy disk (the main
+#: thread waits while the workers run dry); a record lost to a power cut only means that image is
+#: preprocessed again on resume (the tensor files are not fsynced either)
+JOURNAL_SYNC_S = 5.0
 
 
 def _sync_every(journal, last: float, interval: float) -> float:
@@ -505,10 +497,10 @@ def evaluate(tool: ModuleType, prep_dir: str | os.PathLike, result_dir: str | os
     ann = Path(annotation_file or manifest.meta["annotation_file"])
     results = read_results(result_dir, [e.stem for e in manifest.entries], spec.outputs_for(target))
     scorer = Scorer(tool, target, ann, manifest.meta.get("data_root", ""))
-    progress = Progress(len(manifest.entries), f"{spec.name} evaluate")
-    for n, entry in enumerate(manifest.entries, 1):
-        scorer.add(entry, scorer.postprocess(entry, results[entry.stem]))
-        progress.update(n)
+    with StepProgress(f"{spec.name} evaluate", len(manifest.entries), "images") as progress:
+        for entry in manifest.entries:
+            scorer.add(entry, scorer.postprocess(entry, results[entry.stem]))
+            progress.advance()
     return write_evaluation(scorer, ann, manifest.entries, manifest.skipped, out_dir, provenance=provenance,
                             notes=(*notes, f"target: {target}"), force=force)
 

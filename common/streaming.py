@@ -29,7 +29,6 @@ from common.backends.base import split_per_image
 from common.errors import ToolError
 from common.manifest import ManifestEntry
 from common.pipeline import (
-    Progress,
     Scorer,
     TensorLayout,
     dataset_images,
@@ -38,7 +37,9 @@ from common.pipeline import (
     tensor_stems,
     write_evaluation,
 )
+from common.progress import StepProgress
 from common.resultfiles import check_finite, expected_bytes
+from common.shardmerge import ShardSpec, StreamShard
 from common.tensors import np_dtype
 
 #: postprocessed images kept in flight before the inference loop waits for the scorer
@@ -50,72 +51,118 @@ def stream_evaluate(tool: ModuleType, data_root: str | os.PathLike, model_path: 
                     batch: int = 1, device: int = 0, workers: int = 2, limit: int | None = None,
                     skip_bad: bool = False, input_format: str = "float",
                     annotation_file: str | os.PathLike | None = None, notes: tuple[str, ...] = (),
-                    force: bool = False):
-    """Evaluate ``model_path`` on a dataset in one pass; writes report.json / report.md (+ detections.json)."""
+                    force: bool = False, shard: ShardSpec | None = None):
+    """Evaluate ``model_path`` on a dataset in one pass; writes report.json / report.md (+ detections.json).
+
+    With ``shard`` only that part of the dataset runs, into a resumable journal of per-image results
+    and ``shard.json``, and nothing is evaluated: ``merge`` evaluates all shards at once
+    (:mod:`common.shardmerge`). Returns the report, or the shard record.
+    """
     from common.backends import make_backend
 
     spec = tool.SPEC
     spec.check_batch(batch)
     layout = TensorLayout.checked(spec, input_format)
     out = Path(out_dir)
-    if (out / "report.json").exists() and not force:
+    if shard is None and (out / "report.json").exists() and not force:
         raise ToolError(f"{out / 'report.json'} already exists: pass --force to overwrite it")
     dataset, images = dataset_images(spec, data_root, limit)
     stems = tensor_stems(images, out)
+    part = shard.select(images, dataset.root) if shard is not None else images
     runner = make_backend(backend, model_path, device)
-    shape = _input_shape(runner, layout, batch, Path(model_path), input_format)
-    scorer = Scorer(tool, target, Path(annotation_file or dataset.annotation_file), dataset.root)
-    outputs = spec.outputs_for(target)
-    entries: list[ManifestEntry] = []
-    skipped: list[dict] = []
-    progress = Progress(len(images), f"{spec.name} stream")
+    stream = _Stream(tool, runner, layout, _input_shape(runner, layout, batch, Path(model_path), input_format),
+                     Scorer(tool, target, Path(annotation_file or dataset.annotation_file), dataset.root),
+                     stems, target=target, batch=batch, workers=workers, skip_bad=skip_bad)
+    if shard is not None:
+        settings = {"model": spec.name, "target": target, "input_format": input_format, "limit": limit,
+                    "data_root": str(dataset.root), "model_file": str(Path(model_path).resolve()),
+                    "backend": backend, "index": shard.index, "count": shard.count,
+                    "annotations": str(Path(annotation_file).resolve()) if annotation_file else None}
+        return _stream_shard(stream, part, out, shard, settings, {"batch": batch, "device": device}, force)
     start = time.perf_counter()
-
-    def prepared(image):
-        return prepare_image(tool, image, stems[str(image.path)], layout, skip_bad)
-
-    with ordered_map(workers) as bounded_map, ThreadPoolExecutor(1, thread_name_prefix="postprocess") as post:
-        pending: deque[tuple[ManifestEntry, Future]] = deque()
-
-        def score_ready(wait_for_all: bool = False) -> None:
-            while pending and (wait_for_all or len(pending) > POSTPROCESS_AHEAD or pending[0][1].done()):
-                entry, future = pending.popleft()
-                scorer.add(entry, future.result())
-                entries.append(entry)
-                progress.update(len(entries) + len(skipped))
-
-        def run(chunk: list[tuple[ManifestEntry, np.ndarray]]) -> None:
-            tensors = [t for _, t in chunk] + [chunk[0][1]] * (batch - len(chunk))  # ais_bench pads so
-            results = runner.infer(np.stack(tensors).reshape(shape))
-            if len(results) != len(outputs):
-                raise ToolError(f"the model gives {len(results)} outputs, the data file declares {len(outputs)} "
-                                "for this target: wrong model for this target")
-            per_image = split_per_image(results, batch, [o.name for o in outputs])
-            for i, (entry, _) in enumerate(chunk):
-                arrays = _image_outputs([parts[i] for parts in per_image], outputs, entry.stem)
-                pending.append((entry, post.submit(scorer.postprocess, entry, arrays)))
-            score_ready()
-
-        chunk: list[tuple[ManifestEntry, np.ndarray]] = []
-        for record, tensor in bounded_map(prepared, images):
-            if tensor is None:
-                skipped.append({"source": record["source"], "reason": record["reason"]})
-                continue
-            chunk.append((ManifestEntry.from_dict(record), tensor))
-            if len(chunk) == batch:
-                run(chunk)
-                chunk = []
-        if chunk:
-            run(chunk)
-        score_ready(wait_for_all=True)
+    entries, skipped = stream.run(part, stream.scorer.add, lambda record: None)
     if not entries:
         raise ToolError(f"no image of {dataset.root} could be preprocessed (all {len(skipped)} were bad)")
     seconds = time.perf_counter() - start
     rate = f"streaming ({backend}, batch {batch}, {workers} preprocess workers, INPUT={input_format}): " \
            f"{len(entries)} images in {seconds:.1f} s, {len(entries) / seconds:.2f} images/s end to end"
     print(rate, file=sys.stderr)
-    return write_evaluation(scorer, Path(annotation_file or dataset.annotation_file), entries, skipped, out,
+    return write_evaluation(stream.scorer, Path(annotation_file or dataset.annotation_file), entries, skipped, out,
                             provenance=provenance, notes=(*notes, f"target: {target}", rate), force=force)
+
+
+def _stream_shard(stream: _Stream, part: list, out: Path, shard: ShardSpec, settings: dict, extra: dict,
+                  force: bool) -> dict:
+    """One shard's images through the stream into its journal (resuming a killed run), then shard.json."""
+    with StreamShard.open(out, shard, settings, force) as journal:
+        todo = [image for image in part if str(image.path) not in journal.done]
+        if len(todo) < len(part):
+            print(f"resuming: {len(part) - len(todo)} of {len(part)} images already done", file=sys.stderr)
+        stream.run(todo, journal.add, journal.skip, resumed=len(part) - len(todo))
+        record = journal.finish([stream.stems[str(im.path)] for im in part], {**settings, **extra})
+    print(f"shard {shard}: {len(part)} images in {out}; once all {shard.count} shards are complete, run `merge "
+          f"--shards {out.parent} --count {shard.count}`", file=sys.stderr)
+    return record
+
+
+class _Stream:
+    """The overlapped stages over a list of images: each image's postprocessed result goes to ``accept``
+    (or its skipped record to ``skip``) in dataset order."""
+
+    def __init__(self, tool: ModuleType, runner, layout: TensorLayout, shape: tuple[int, ...], scorer: Scorer,
+                 stems: dict[str, str], *, target: str, batch: int, workers: int, skip_bad: bool) -> None:
+        self.tool, self.runner, self.layout, self.shape, self.scorer = tool, runner, layout, shape, scorer
+        self.stems, self.batch, self.workers, self.skip_bad = stems, batch, workers, skip_bad
+        self.outputs = tool.SPEC.outputs_for(target)
+
+    def run(self, images: list, accept, skip, resumed: int = 0) -> tuple[list[ManifestEntry], list[dict]]:
+        """``resumed``: images of this run a killed one already did (counted in the progress, not the rate)."""
+        tool, spec, batch, outputs = self.tool, self.tool.SPEC, self.batch, self.outputs
+        entries: list[ManifestEntry] = []
+        skipped: list[dict] = []
+
+        def prepared(image):
+            return prepare_image(tool, image, self.stems[str(image.path)], self.layout, self.skip_bad)
+
+        with ordered_map(self.workers) as bounded_map, \
+                ThreadPoolExecutor(1, thread_name_prefix="postprocess") as post, \
+                StepProgress(f"{spec.name} stream", resumed + len(images), "images", completed=resumed) as progress:
+            pending: deque[tuple[ManifestEntry, Future]] = deque()
+
+            def score_ready(wait_for_all: bool = False) -> None:
+                while pending and (wait_for_all or len(pending) > POSTPROCESS_AHEAD or pending[0][1].done()):
+                    entry, future = pending.popleft()
+                    accept(entry, future.result())
+                    entries.append(entry)
+                    progress.update(resumed + len(entries) + len(skipped))
+
+            def run(chunk: list[tuple[ManifestEntry, np.ndarray]]) -> None:
+                tensors = [t for _, t in chunk] + [chunk[0][1]] * (batch - len(chunk))  # ais_bench pads so
+                results = self.runner.infer(np.stack(tensors).reshape(self.shape))
+                if len(results) != len(outputs):
+                    raise ToolError(f"the model gives {len(results)} outputs, the data file declares "
+                                    f"{len(outputs)} for this target: wrong model for this target")
+                per_image = split_per_image(results, batch, [o.name for o in outputs])
+                for i, (entry, _) in enumerate(chunk):
+                    arrays = _image_outputs([parts[i] for parts in per_image], outputs, entry.stem)
+                    pending.append((entry, post.submit(self.scorer.postprocess, entry, arrays)))
+                score_ready()
+
+            chunk: list[tuple[ManifestEntry, np.ndarray]] = []
+            for record, tensor in bounded_map(prepared, images):
+                if tensor is None:
+                    skipped.append({"source": record["source"], "reason": record["reason"]})
+                    skip(record)
+                    continue
+                chunk.append((ManifestEntry.from_dict(record), tensor))
+                if len(chunk) == batch:
+                    run(chunk)
+                    chunk = []
+            if chunk:
+                run(chunk)
+            score_ready(wait_for_all=True)
+            progress.update(resumed + len(entries) + len(skipped))  # bad images after the last good one
+        return entries, skipped
 
 
 def _input_shape(runner, layout: TensorLayout, batch: int, model_path: Path, input_format: str) -> tuple[int, ...]:
