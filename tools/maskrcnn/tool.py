@@ -170,20 +170,22 @@ def parity_tensor(seed: int = 0):
     return torch.from_numpy(tensor[None])
 
 
-def parity_report(onnx_path: Path, x, ref: list[np.ndarray]):
+def parity_report(onnx_path: Path, x, ref: list[np.ndarray], *, iou: float = PARITY_IOU,
+                  score_atol: float = PARITY_SCORE_ATOL, mask_atol: float = PARITY_MASK_ATOL):
     """The ONNX graph in ONNX Runtime (Ascend ops via their CPU kernels) vs the PyTorch forward:
-    detections as sets (boxes, scores, classes), then the 28x28 masks of matched detections."""
+    detections as sets (boxes, scores, classes), then the 28x28 masks of matched detections.
+    The tolerances default to the export's; ``INPUT=uint8`` against the float path states its own."""
     from common.parity import ParityReport, compare_arrays, compare_detections, run_onnx, to_numpy
 
     got = run_onnx(onnx_path, {SPEC.input.name: to_numpy(x)})
     got = [got[n] for n in OUTPUT_NAMES]
     report = ParityReport(title=f"PyTorch vs ONNX Runtime ({Path(onnx_path).name})")
     report.add(compare_detections(ref[0][0], ref[1][0], ref[2][0], got[0][0], got[1][0], got[2][0],
-                                  iou_thr=PARITY_IOU, score_atol=PARITY_SCORE_ATOL, name="boxes/scores/classes",
+                                  iou_thr=iou, score_atol=score_atol, name="boxes/scores/classes",
                                   max_unmatched=PARITY_MAX_UNMATCHED))
-    pairs = match_detections(ref[0][0], ref[1][0], ref[2][0], got[0][0], got[1][0], got[2][0], PARITY_IOU)
+    pairs = match_detections(ref[0][0], ref[1][0], ref[2][0], got[0][0], got[1][0], got[2][0], iou)
     report.add(compare_arrays("masks (matched detections)", ref[3][0][[r for r, _ in pairs]],
-                              got[3][0][[g for _, g in pairs]], atol=PARITY_MASK_ATOL, rtol=0.0))
+                              got[3][0][[g for _, g in pairs]], atol=mask_atol, rtol=0.0))
     return report
 
 
@@ -224,6 +226,24 @@ def resized_size(height: int, width: int) -> tuple[int, int]:
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
+def _resized(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
+    """(the image cv2-resized to :func:`resized_size`, uint8 BGR; scale; bottom/right padding):
+    what :func:`preprocess` normalises and :func:`pixels` places on the canvas."""
+    import cv2
+
+    img = np.asarray(image_bgr)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or 0 in img.shape:
+        raise ToolError(f"preprocess wants a BGR uint8 image (H, W, 3), got {img.dtype} {list(img.shape)}")
+    height, width = img.shape[:2]
+    new_h, new_w = resized_size(height, width)
+    _, canvas_h, canvas_w = SPEC.input.shape
+    if new_h > canvas_h or new_w > canvas_w:
+        raise ToolError(f"image {width}x{height} resizes to {new_w}x{new_h}, larger than the "
+                        f"{canvas_w}x{canvas_h} canvas")
+    resized = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return resized, (new_w / width, new_h / height), (0, 0, canvas_w - new_w, canvas_h - new_h)
+
+
 def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
     """BGR uint8 image -> (CHW float32 canvas, (scale_x, scale_y), (0, 0, right, bottom) padding).
 
@@ -231,23 +251,28 @@ def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], 
     minus the BGR mean (std 1), zeros to the bottom and right up to the canvas (1344x1344).
     detectron2 itself resizes with PIL (same size, pixels differ by rounding: see README).
     """
-    import cv2
-
     from common.letterbox import normalize
 
-    img = np.asarray(image_bgr)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or 0 in img.shape:
-        raise ToolError(f"preprocess wants a BGR uint8 image (H, W, 3), got {img.dtype} {list(img.shape)}")
-    height, width = img.shape[:2]
-    new_h, new_w = resized_size(height, width)
+    resized, scale, pad = _resized(image_bgr)
+    new_h, new_w = resized.shape[:2]
     c, canvas_h, canvas_w = SPEC.input.shape
-    if new_h > canvas_h or new_w > canvas_w:
-        raise ToolError(f"image {width}x{height} resizes to {new_w}x{new_h}, larger than the "
-                        f"{canvas_w}x{canvas_h} canvas")
-    resized = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     canvas = np.zeros((c, canvas_h, canvas_w), np_dtype(SPEC.input.dtype))
     canvas[:, :new_h, :new_w] = normalize(resized, SPEC.input).transpose(2, 0, 1)
-    return canvas, (new_w / width, new_h / height), (0, 0, canvas_w - new_w, canvas_h - new_h)
+    return canvas, scale, pad
+
+
+def pixels(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
+    """:func:`preprocess` before normalisation, for ``--input uint8`` (AIPP normalises on the NPU):
+    HWC uint8 BGR, the same resized pixels top-left, the padding filled with the mean rounded to
+    whole pixels (104, 116, 124), which normalises to (0.47, -0.28, 0.325) instead of 0."""
+    from common.aipp import fill_pixel_bgr
+    from common.letterbox import filled_canvas
+
+    resized, scale, pad = _resized(image_bgr)
+    _, canvas_h, canvas_w = SPEC.input.shape
+    canvas = filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(SPEC.input))).copy()
+    canvas[:resized.shape[0], :resized.shape[1]] = resized
+    return canvas, scale, pad
 
 
 def _scale_xy(entry: ManifestEntry) -> tuple[float, float]:

@@ -296,8 +296,11 @@ def pair_candidates(ref_boxes: np.ndarray, ref_labels: np.ndarray, got_boxes: np
     return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
 
-def parity_report(onnx_path: Path, x: np.ndarray, reference: Sequence[np.ndarray]):
-    """ONNX Runtime vs PyTorch per image: the candidates as detection sets, the masks of paired candidates."""
+def parity_report(onnx_path: Path, x: np.ndarray, reference: Sequence[np.ndarray], *,
+                  score_atol: float = PARITY_SCORE_ATOL, pair_box_diff: float = PARITY_PAIR_BOX_DIFF,
+                  mask_atol: float = PARITY_MASK_ATOL):
+    """ONNX Runtime vs PyTorch per image: the candidates as detection sets, the masks of paired candidates.
+    The tolerances default to the export's; ``INPUT=uint8`` against the float path states its own."""
     from common.parity import ParityReport, compare_arrays, compare_detections, run_onnx
 
     got = run_onnx(onnx_path, {SPEC.input.name: x})
@@ -306,11 +309,11 @@ def parity_report(onnx_path: Path, x: np.ndarray, reference: Sequence[np.ndarray
         ref_boxes, ref_labels, ref_scores, ref_masks = (r[b] for r in reference)
         got_boxes, got_labels = got["boxes"][b], got["labels"][b]
         report.add(compare_detections(ref_boxes, ref_scores, ref_labels, got_boxes, got["scores"][b], got_labels,
-                                      iou_thr=PARITY_IOU, score_atol=PARITY_SCORE_ATOL,
+                                      iou_thr=PARITY_IOU, score_atol=score_atol,
                                       name=f"image {b} boxes/scores/labels", max_unmatched=PARITY_MAX_UNMATCHED))
-        pairs = pair_candidates(ref_boxes, ref_labels, got_boxes, got_labels)
+        pairs = pair_candidates(ref_boxes, ref_labels, got_boxes, got_labels, pair_box_diff)
         report.add(compare_arrays(f"image {b} masks ({len(pairs)} paired)", ref_masks[pairs[:, 0]],
-                                  got["masks"][b][pairs[:, 1]], atol=PARITY_MASK_ATOL, rtol=0.0,
+                                  got["masks"][b][pairs[:, 1]], atol=mask_atol, rtol=0.0,
                                   mismatch_tol=PARITY_MASK_MISMATCH))
     return report
 
@@ -328,13 +331,12 @@ def resized_size(height: int, width: int) -> tuple[float, int, int]:
     return ratio, min(int(height * ratio), canvas_h), min(int(ratio * width), canvas_w)
 
 
-def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int, int, int]]:
-    """The recipe's RetinaMask_preprocess.py on a decoded BGR image -> (CHW float32, ratio, padding).
+def _resized(image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int, int, int]]:
+    """(the image PIL-resized as the recipe does, uint8 BGR; ratio; bottom/right padding): what
+    :func:`preprocess` normalises and :func:`pixels` places on the canvas.
 
     PIL bilinear resize of the RGB image (PIL antialiases when shrinking; cv2 would not), channels
-    back to BGR (the script's cvtColor(BGR2RGB) on an RGB array), minus the BGR mean (a Python list
-    there, so subtracted in float64 and rounded to float32 once), std 1, zero padding at the bottom
-    and right.
+    back to BGR (the script's cvtColor(BGR2RGB) on an RGB array).
     """
     from PIL import Image
 
@@ -349,11 +351,37 @@ def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int
         raise ToolError(f"image of {width}x{height} pixels is too thin to resize to {canvas_w}x{canvas_h}: "
                         "leave it out (--skip-bad)")
     rgb = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1]))
-    resized = np.asarray(rgb.resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)[:, :, ::-1]
+    resized = np.asarray(rgb.resize((new_w, new_h), Image.BILINEAR))[:, :, ::-1]
+    return resized, ratio, (0, 0, canvas_w - new_w, canvas_h - new_h)
+
+
+def preprocess(image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int, int, int]]:
+    """The recipe's RetinaMask_preprocess.py on a decoded BGR image -> (CHW float32, ratio, padding).
+
+    :func:`_resized`, minus the BGR mean (a Python list in the script, so subtracted in float64
+    and rounded to float32 once), std 1, zero padding at the bottom and right.
+    """
+    resized, ratio, pad = _resized(image_bgr)
+    new_h, new_w = resized.shape[:2]
+    _, canvas_h, canvas_w = SPEC.input.shape
     canvas = np.zeros((3, canvas_h, canvas_w), dtype=np.float32)
     mean = np.array(SPEC.input.mean, dtype=np.float64).reshape(3, 1, 1)  # the script's list: float64 math
-    canvas[:, :new_h, :new_w] = resized.transpose(2, 0, 1) - mean
-    return canvas, ratio, (0, 0, canvas_w - new_w, canvas_h - new_h)
+    canvas[:, :new_h, :new_w] = resized.transpose(2, 0, 1).astype(np.float32) - mean
+    return canvas, ratio, pad
+
+
+def pixels(image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int, int, int]]:
+    """:func:`preprocess` before normalisation, for ``--input uint8`` (AIPP normalises on the NPU):
+    HWC uint8 BGR, the same resized pixels top-left, the padding filled with the mean rounded to
+    whole pixels (103, 116, 123), which normalises to (0.0199, 0.0535, 0.2283) instead of 0."""
+    from common.aipp import fill_pixel_bgr
+    from common.letterbox import filled_canvas
+
+    resized, ratio, pad = _resized(image_bgr)
+    _, canvas_h, canvas_w = SPEC.input.shape
+    canvas = filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(SPEC.input))).copy()
+    canvas[:resized.shape[0], :resized.shape[1]] = resized
+    return canvas, ratio, pad
 
 
 # --------------------------------------------------------------------------- postprocessing
