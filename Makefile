@@ -8,7 +8,7 @@ SHELL := /bin/bash
 MODELS       := $(patsubst tools/%/model.toml,%,$(wildcard tools/*/model.toml))
 # tools whose model.toml says status = "ready" (the data file is the one source of that fact)
 READY_MODELS := $(patsubst tools/%/model.toml,%,$(shell grep -l '^status *= *"ready"' tools/*/model.toml))
-STEPS        := env image image-test onnx om data infer eval stream perf all
+STEPS        := env image image-test onnx om data infer eval stream merge perf all
 
 HOSTPY  ?= python3
 # the chip `npu-smi info` reports on this host, else 310P3 (the seeds' chip); CHIP= overrides
@@ -33,6 +33,13 @@ DEMO_MODEL ?= efficientdet
 RUNNER  ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo venv)
 
 force_flag   = $(if $(FORCE),--force)
+# SHARD=I/N (or auto/N in a Kubernetes Indexed Job): M-data, M-infer and M-stream run only that shard of the dataset
+# into $(OUT)/M/shards/<I> (auto: I is $JOB_COMPLETION_INDEX); M-merge COUNT=N (or SHARD=.../N) merges and evaluates
+shard_flag   = $(if $(SHARD),--shard $(SHARD))
+shard_index  = $(if $(filter auto,$(firstword $(subst /, ,$(SHARD)))),$${JOB_COMPLETION_INDEX:-auto},$(firstword $(subst /, ,$(SHARD))))
+shard_count  = $(or $(COUNT),$(if $(SHARD),$(lastword $(subst /, ,$(SHARD)))))
+# where step $(2) of tool $(1) writes: its shard's folder under SHARD=, else $(OUT)/$(1)/$(2)
+step_dir     = $(if $(SHARD),$(OUT)/$(1)/shards$(u8)/$(shard_index)$(if $(filter data,$(2)),/data),$(OUT)/$(1)/$(2)$(u8))
 # CHIP in its one spelling (310p3, Ascend310P3 -> Ascend310P3), asked once and only where a .om is named
 SOC          = $(eval SOC := $$(shell $$(HOSTPY) -m common.cann soc '$$(CHIP)' 2>/dev/null))$(SOC)
 # the .om ATC writes for tool $(1) at batch $(2): the export target is in the name (both targets compile)
@@ -56,6 +63,8 @@ weights_flag = $(if $(WEIGHTS),--weights $(WEIGHTS))
 NPU     ?= auto
 image_flags  = $(if $(filter undefined,$(origin BASE_IMAGE)),,--base-image '$(BASE_IMAGE)') \
   $(if $(filter undefined,$(origin CA_BUNDLE)),,--ca-bundle '$(CA_BUNDLE)') $(if $(PIP_CONF),--pip-conf '$(PIP_CONF)')
+# the light base environment (no tool env, no image): steps that read only data files and results
+base_py = $(HOSTPY) -m common.envs ensure base >&2 && $$($(HOSTPY) -m common.envs python base) -m
 ifeq ($(RUNNER),docker)
   # the tool's image with the host uid:gid, NPU devices (DEVICE=0,1: each), driver + toolkit mounts, OUT/DATA/WEIGHTS
   # mounted at their own paths; the docker run command is printed first (README "Environments and containers")
@@ -68,12 +77,29 @@ else ifeq ($(RUNNER),venv)
   run_py = $$($(HOSTPY) -m common.envs python $(1)) -m
   # the om step needs only model.toml, the ONNX and atc: the light base environment, never the tool's
   om_deps =
-  om_py = $(HOSTPY) -m common.envs ensure base >&2 && $(call run_py,base)
+  om_py = $(base_py)
 else
   $(error unknown RUNNER '$(RUNNER)' (valid: venv, docker))
 endif
 
-.PHONY: help test test-slow lint demo doctor clean base-image images test-images $(foreach m,$(MODELS),$(foreach s,$(STEPS),$(m)-$(s)))
+.PHONY: help test test-slow lint demo doctor clean report fleet-report base-image images test-images $(foreach m,$(MODELS),$(foreach s,$(STEPS),$(m)-$(s)))
+
+# Kubernetes fleet (common/fleet.py, README "Kubernetes fleet"): Jobs per MODELS x CHIP x BATCH under OUT/fleet;
+# REGISTRY is where `make images PUSH=1` pushed the images; the *_PVC are PersistentVolumeClaim names
+SHARDS      ?=
+PARALLELISM ?=
+RETRIES     ?= 3
+REGISTRY    ?=
+DATA_PVC    ?=
+DATA_DIR    ?=
+RESULTS_PVC ?=
+WEIGHTS_PVC ?=
+NAMESPACE   ?= default
+TOOLKIT     ?= /usr/local/Ascend/ascend-toolkit
+PUSH        ?=
+# the fleet runs the .om on the chips unless BACKEND is given (the default BACKEND above is onnxruntime)
+fleet_backend = $(if $(filter command line environment,$(origin BACKEND)),$(BACKEND),ais_bench)
+.PHONY: fleet
 
 help: ## list the targets and variables
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -85,6 +111,7 @@ help: ## list the targets and variables
 	@for m in $(MODELS); do printf "  %s\n" "$$(for s in $(STEPS); do printf '%s-%s ' $$m $$s; done)"; done
 	@echo "  env: build the tool's venv  image: its image  image-test: its tests in the image  onnx: export  om: ATC  data: preprocess"
 	@echo "  infer: run BACKEND  eval: COCO/VOC metrics + report  stream: data+infer+eval in one pass, no files"
+	@echo "  merge: check the SHARD= runs' shards 0..COUNT-1 are complete, merge them and evaluate once"
 	@echo "  perf: throughput  all: onnx (om) data infer eval,"
 	@echo "  skipping steps whose outputs exist (om only with BACKEND=ais_bench)"
 	@echo "  Ready: $(READY_MODELS); the others have their data file only (planned)."
@@ -95,6 +122,10 @@ help: ## list the targets and variables
 	@echo "  NO_VERIFY=1 (M-onnx: WEIGHTS is your own checkpoint, no published checksum) SKIP_BAD=1 (M-data: leave out"
 	@echo "  unreadable images, recorded; mAP marked partial) WORKERS=N (M-data: images at once; default one per core)"
 	@echo "  INPUT=$(INPUT) (float|uint8: uint8 canvases normalised on the NPU by AIPP / in the ONNX; tools that declare it)"
+	@echo "  Fleet (make fleet, README \"Kubernetes fleet\"): MODELS CHIP BATCH SHARDS PARALLELISM RETRIES REGISTRY DATA_PVC"
+	@echo "  DATA_DIR RESULTS_PVC WEIGHTS_PVC NAMESPACE TOOLKIT NO_VERIFY=1; make images PUSH=1 REGISTRY=<host/path>"
+	@echo "  SHARD=I/N or auto/N (M-data M-infer M-stream: only that shard, into OUT/M/shards/I; auto: I from"
+	@echo "  \$$JOB_COMPLETION_INDEX) COUNT=N (M-merge: the number of shards; default: SHARD's N)"
 
 test: ## build the environments once (cached) and run every test suite
 	$(HOSTPY) tests/run.py
@@ -116,11 +147,25 @@ demo: ## whole pipeline for DEMO_MODEL (random weights + a generated mini set un
 clean: ## remove $(OUT), only when everything in it was made by the tools (never ~, /, the repo)
 	$(HOSTPY) -m common.fsutil clean "$(OUT)"
 
+report: ## results page OUT/report/index.{md,html} + throughput.png from the results in OUT (replaced on each run)
+	$(base_py) common.resultspage --out '$(OUT)' $(if $(DEST),--dest '$(DEST)')
+
+fleet-report: ## results page of a fleet: one row per model x chip x batch from RESULTS/*/job.json + report.json
+	@test -n "$(RESULTS)" || { echo "error: RESULTS=<the fleet's results folder> is required for fleet-report" >&2; exit 2; }
+	$(base_py) common.resultspage fleet --results '$(RESULTS)' $(if $(DEST),--dest '$(DEST)')
+
 base-image: ## local Python 3.9 base image (Debian bullseye via mmdebstrap) for hosts no registry serves; FORCE=1 redoes it
 	$(HOSTPY) -m common.containers base-image $(if $(FORCE),--force)
 
-images: ## build every ready tool's image; one line each: name:tag, size, build time or "cached"
-	$(HOSTPY) -m common.containers images $(image_flags)
+images: ## build every ready tool's image; one line each: name:tag, size, build time or "cached"; PUSH=1 REGISTRY=... pushes them
+	$(HOSTPY) -m common.containers images $(image_flags) $(if $(PUSH),--push '$(REGISTRY)')
+
+fleet: ## Kubernetes Jobs per MODELS x CHIP x BATCH (SHARDS, REGISTRY, DATA_PVC, RESULTS_PVC required) under OUT/fleet
+	$(base_py) common.fleet render --models '$(MODELS)' --chip '$(CHIP)' --batch '$(BATCH)' --shards '$(SHARDS)' \
+	  --parallelism '$(PARALLELISM)' --retries '$(RETRIES)' --registry '$(REGISTRY)' --data-pvc '$(DATA_PVC)' \
+	  --data-dir '$(DATA_DIR)' --results-pvc '$(RESULTS_PVC)' --weights-pvc '$(WEIGHTS_PVC)' \
+	  --namespace '$(NAMESPACE)' --backend '$(fleet_backend)' --toolkit '$(TOOLKIT)' --out '$(OUT)/fleet' \
+	  $(if $(NO_VERIFY),--no-verify) $(force_flag)
 
 test-images: ## build every ready tool's image and run its test suite inside it
 	$(HOSTPY) -m common.containers images --test $(image_flags)
@@ -149,12 +194,13 @@ $(1)-om: $$(call om_deps,$(1))
 	  $(if $(TUNE),--tune $(TUNE)) --input $(INPUT) $(force_flag)
 $(1)-data: $(1)-env
 	@test -n "$(DATA)" || { echo "error: DATA=<dataset root> is required for $(1)-data" >&2; exit 2; }
-	$$(call run_py,$(1)) tools.$(1) data --data $(DATA) --out $(OUT)/$(1)/data$(u8) $(force_flag) $(if $(SKIP_BAD),--skip-bad) \
-	  $(if $(WORKERS),--workers $(WORKERS)) --input $(INPUT)
+	$$(call run_py,$(1)) tools.$(1) data --data $(DATA) --out $$(call step_dir,$(1),data) $(force_flag) $(if $(SKIP_BAD),--skip-bad) \
+	  $(if $(WORKERS),--workers $(WORKERS)) --input $(INPUT) $(shard_flag)
 $(1)-infer: $(1)-env
 	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
 	$$(call run_py,$(1)) tools.$(1) infer --model $$(call model_file,$(1),$(BATCH)) \
-	  --prep $(OUT)/$(1)/data$(u8) --out $(OUT)/$(1)/infer$(u8) --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) $(force_flag)
+	  --prep $$(call step_dir,$(1),data) --out $$(call step_dir,$(1),infer) --backend $(BACKEND) --batch $(BATCH) \
+	  --device $(DEVICE) $(force_flag) $(shard_flag)
 $(1)-eval: $(1)-env
 	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
 	$$(call run_py,$(1)) tools.$(1) eval --prep $(OUT)/$(1)/data$(u8) --results $(OUT)/$(1)/infer$(u8)/$(1)_$(BACKEND)_bs$(BATCH) \
@@ -164,8 +210,14 @@ $(1)-stream: $(1)-env
 	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
 	@test -n "$(DATA)" || { echo "error: DATA=<dataset root> is required for $(1)-stream" >&2; exit 2; }
 	$$(call run_py,$(1)) tools.$(1) stream --model $$(call model_file,$(1),$(BATCH)) --data $(DATA) \
-	  --out $(OUT)/$(1)/stream$(u8) --target $(TARGET) --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) \
-	  --input $(INPUT) $(if $(WORKERS),--workers $(WORKERS)) $(if $(SKIP_BAD),--skip-bad) $(force_flag)
+	  --out $$(call step_dir,$(1),stream) --target $(TARGET) --backend $(BACKEND) --batch $(BATCH) --device $(DEVICE) \
+	  --input $(INPUT) $(if $(WORKERS),--workers $(WORKERS)) $(if $(SKIP_BAD),--skip-bad) $(force_flag) $(shard_flag)
+$(1)-merge: $(1)-env
+	@test -n "$(DATA)" || { echo "error: DATA=<dataset root> is required for $(1)-merge" >&2; exit 2; }
+	@test -n "$$(call shard_count)" || { echo "error: COUNT=<N> (the number of shards) is required for $(1)-merge" >&2; \
+	  exit 2; }
+	$$(call run_py,$(1)) tools.$(1) merge --shards $(OUT)/$(1)/shards$(u8) --count $$(call shard_count) --data $(DATA) \
+	  --out $(OUT)/$(1)/merge$(u8) $(force_flag)
 $(1)-perf: $(1)-env
 	$$(call check_vars,$(filter ais_bench,$(BACKEND)))
 	for b in $(BATCH); do \

@@ -7,6 +7,7 @@ answers, else buildah (which builds the same Dockerfile without a daemon, `--iso
     python3 -m common.containers build efficientdet     # the tool's image, tagged with its pins hash
     python3 -m common.containers test efficientdet      # tests/efficientdet inside that image
     python3 -m common.containers images [--test]        # every ready tool: name:tag, size, build time
+    python3 -m common.containers images --push REGISTRY # ... and push each as REGISTRY/name:tag (make images PUSH=1)
     python3 -m common.containers run efficientdet --device 0,1 --out out -- python -m tools.efficientdet ...
 """
 
@@ -65,6 +66,29 @@ def image_name(tool: str, eng: str = "docker") -> str:
     """``ascend-vision/<tool>:<pins hash>``: new pins, new tag. buildah keeps local images under localhost/."""
     name = f"ascend-vision/{tool}:{envs.pins_hash(tool)}"
     return f"localhost/{name}" if eng == "buildah" else name
+
+
+#: host[:port][/path] in lowercase, as image references spell a registry (no scheme, no tag)
+_REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+
+
+def check_registry(registry: str) -> str:
+    """REGISTRY as an image reference's prefix (``registry.example.com:5000/team``), or a one-line error."""
+    if not registry:
+        raise ContainerError("REGISTRY is empty: give REGISTRY=<host[:port]/path> (the registry your cluster "
+                             "pulls from, e.g. registry.example.com:5000/team)")
+    if not _REGISTRY.match(registry):
+        raise ContainerError(f"REGISTRY='{registry}' is not a registry reference: write host[:port][/path] in "
+                             "lowercase, without https:// or a tag (e.g. registry.example.com:5000/team)")
+    return registry
+
+
+def push_commands(tool: str, eng: str, registry: str) -> list[list[str]]:
+    """Tag the local ``name:tag`` as ``REGISTRY/name:tag`` and push it (docker), or push it there (buildah)."""
+    remote = f"{check_registry(registry)}/{image_name(tool)}"
+    if eng == "docker":
+        return [["docker", "tag", image_name(tool, eng), remote], ["docker", "push", remote]]
+    return [["buildah", "push", image_name(tool, eng), f"docker://{remote}"]]
 
 
 def ready_tools() -> list[str]:
@@ -260,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("tool")
     imgs = sub.add_parser("images", help="build every ready tool's image; one line each: name:tag, size, time")
     imgs.add_argument("--test", action="store_true", help="also run each tool's tests inside its image")
+    imgs.add_argument("--push", metavar="REGISTRY", default=None,
+                      help="then push each image as REGISTRY/name:tag (make images PUSH=1 REGISTRY=...)")
     for p in (sub.choices["build"], imgs):
         p.add_argument("--base-image", default=None, help="FROM image (default: the Dockerfile's, a public one)")
         p.add_argument("--ca-bundle", default=None, help="CA bundle for pip in the build (default: the system's)")
@@ -301,6 +327,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not args.print_only:
             os.execvp(cmd[0], cmd)
     else:
+        if getattr(args, "push", None) is not None:
+            check_registry(args.push)  # before any build: a bad REGISTRY is known now
         tools = [args.tool] if args.action == "build" else ready_tools()
         cert = ca_bundle(args.ca_bundle)
         conf = Path(args.pip_conf) if args.pip_conf else None
@@ -310,6 +338,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                 test(tool)
             took = "cached" if cached else f"built in {secs:.0f} s"
             print(f"{ref}  {image_size(ref, engine())}  {took}", flush=True)  # one line per image, as it is done
+            if getattr(args, "push", None) is not None:
+                for cmd in push_commands(tool, engine(), args.push):
+                    _run(cmd)
+                print(f"pushed {args.push}/{image_name(tool)}", flush=True)
     return 0
 
 

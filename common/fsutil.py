@@ -170,10 +170,15 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> object:
 
 # --- make clean ----------------------------------------------------------------------------------
 
-#: what the tools create under OUT/<model>/ and OUT/demo/<model>/ (see the Makefile and common.demo)
-STEP_DIRS = frozenset({"onnx", "om", "data", "infer", "eval", "perf"})
+#: the Makefile's step folders under OUT/<model>; INPUT=uint8 runs write theirs beside with a _uint8 suffix
+STEP_DIRS = frozenset({"onnx", "om", "perf"} | {f"{step}{suffix}" for suffix in ("", "_uint8")
+                                                for step in ("data", "infer", "eval", "stream", "shards", "merge")})
 DEMO_ENTRIES = STEP_DIRS | {"random_checkpoint.pth", "mini_coco", "mini_voc"}
 DEMO_DIR = "demo"
+#: the results page (`make report`, common.resultspage): derived from the results, made by the tools too
+REPORT_DIR = "report"
+#: the Kubernetes manifests (`make fleet`, common.fleet): rendered from the data files, made by the tools too
+FLEET_DIR = "fleet"
 
 
 def model_names(repo: Path) -> frozenset[str]:
@@ -185,7 +190,8 @@ def tool_layout(models: frozenset[str]) -> dict:
     """Names the tools create under OUT: a dict for a folder to look into, True for anything kept as is."""
     steps = dict.fromkeys(STEP_DIRS, True)
     demo = dict.fromkeys(DEMO_ENTRIES, True)
-    return {**{m: steps for m in models}, DEMO_DIR: {m: demo for m in models}}
+    return {**{m: steps for m in models}, DEMO_DIR: {m: demo for m in models}, REPORT_DIR: True,
+            FLEET_DIR: True}
 
 
 def foreign_entries(folder: Path, layout: dict) -> list[Path]:

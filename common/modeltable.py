@@ -17,18 +17,27 @@ def _fmt_fps(fig: dict) -> str:
     return ", ".join(f"bs{b} {v:g}" for b, v in fig["fps"].items())
 
 
-def model_table() -> str:
-    rows = ["| model | tool | input | published accuracy (seed) | published throughput (seed, fps) |",
-            "|---|---|---|---|---|"]
+HEADER = ("model", "tool", "input", "published accuracy (seed)", "published throughput (seed, fps)")
+
+
+def model_rows() -> list[tuple[str, ...]]:
+    """One row of cells (Markdown text) per model, in HEADER's order (the results page shows them too)."""
+    rows = []
     for name in MODELS:
         spec = load_spec(name)
         acc = "; ".join(f"{a['metric']} {a['value']:g} ({a['backend']}, {a['device']})"
                         for a in spec.published.get("accuracy", []))
         fps = "; ".join(f"{t['device']}: {_fmt_fps(t)}" for t in spec.published.get("throughput", []))
         c, h, w = spec.input.shape
-        rows.append(f"| {spec.title} | `tools/{name}` ({spec.status}) | {spec.input.dtype} {c}x{h}x{w}, "
-                    f"bs {'/'.join(map(str, spec.input.batch_sizes))} | {acc} | {fps} |")
-    return "\n".join(rows)
+        rows.append((spec.title, f"`tools/{name}` ({spec.status})", f"{spec.input.dtype} {c}x{h}x{w}, "
+                     f"bs {'/'.join(map(str, spec.input.batch_sizes))}", acc, fps))
+    return rows
+
+
+def model_table() -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in model_rows()]
+    return "\n".join(lines)
 
 
 def update_readme(text: str) -> str:

@@ -39,7 +39,9 @@ def home(tmp_path):
 def tool_made_out(root: Path) -> Path:
     """An OUT tree as the make targets and `make demo` leave it."""
     for sub in ("fcos/onnx", "fcos/data", "efficientdet/infer/efficientdet_onnxruntime_bs1",
-                "demo/efficientdet/mini_coco/val2017", "demo/efficientdet/eval"):
+                "demo/efficientdet/mini_coco/val2017", "demo/efficientdet/eval",
+                # M-stream, INPUT=uint8 (the _uint8 step folders), SHARD=I/N and M-merge
+                "pspnet/stream", "fcos/data_uint8", "fcos/stream_uint8", "fcos/shards/0/data", "fcos/merge"):
         (root / sub).mkdir(parents=True)
     (root / "fcos" / "onnx" / "fcos_ascend_bs1.onnx").write_bytes(b"onnx")
     (root / "demo" / "efficientdet" / "random_checkpoint.pth").write_bytes(b"pth")
