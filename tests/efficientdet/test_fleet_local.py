@@ -109,7 +109,7 @@ def _kill_mid_run(process: subprocess.Popen, journal: Path) -> None:
     assert process.returncode == -signal.SIGKILL
 
 
-@pytest.mark.slow  # ten processes and a real export: about 5 minutes on 2 cores (CI's slow tier runs it first)
+@pytest.mark.slow  # ten processes and a real export: 1.6 min on a quiet 2-core machine, 5 loaded (CI: slow tier)
 def test_the_pods_commands_give_the_unsharded_result_after_a_killed_index_is_retried(cluster):
     job, folder, claims = cluster["job"], cluster["folder"], cluster["claims"]
     results = claims["fleet-results"] / job.name
