@@ -15,10 +15,12 @@ environments are ready run.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -138,34 +140,48 @@ class BackgroundBuilds:
 
 
 def run_suites(suites: list[tuple[str, list[str]]], builds: BackgroundBuilds,
-               run_suite: Callable[[str, list[str]], int]) -> list[str]:
-    """Run each suite as soon as its environment is ready, in list order among the ready ones.
+               run_suite: Callable[[str, list[str]], int], jobs: int = 1) -> list[str]:
+    """Run each suite as soon as its environment is ready, in list order among the ready ones, ``jobs`` at a
+    time (each suite is its own pytest process; the runner prints a parallel suite's output when it ends).
 
     Returns the failed suites' environments: a failed build fails its suite, with the log tail.
     """
     failed: list[str] = []
     pending = list(suites)
-    while pending:
-        suite = next((s for s in pending if not builds.building(s[0])), None)
-        if suite is None:
-            builds.wait_for_any([env for env, _ in pending])
-            continue
-        pending.remove(suite)
-        env, paths = suite
-        build = builds.builds.get(env)
-        if build is not None and build.returncode != 0:
-            print(f"\nerror: building the {env} environment failed (exit {build.returncode}; full log: "
-                  f"{build.log}); its suite did not run\n{build.tail()}", file=sys.stderr, flush=True)
-            failed.append(env)
-            continue
-        if build is not None:
-            print(f"\n=== {env}: environment built in {(build.finished - build.started) / 60:.1f} min", flush=True)
-        still = builds.describe()
-        if still:
-            print(f"=== still building in the background: {still}", flush=True)
-        if run_suite(env, paths) != 0:
-            failed.append(env)
-    return failed
+    running: dict[Future, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while pending or running:
+            suite = next((s for s in pending if not builds.building(s[0])), None)
+            if suite is None or len(running) >= max(1, jobs):
+                if running:
+                    done, _ = wait(running, timeout=None if suite is not None else 30.0, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        if future.result() != 0:
+                            failed.append(running[future])
+                        del running[future]
+                else:
+                    builds.wait_for_any([env for env, _ in pending])
+                continue
+            pending.remove(suite)
+            env, paths = suite
+            build = builds.builds.get(env)
+            if build is not None and build.returncode != 0:
+                print(f"\nerror: building the {env} environment failed (exit {build.returncode}; full log: "
+                      f"{build.log}); its suite did not run\n{build.tail()}", file=sys.stderr, flush=True)
+                failed.append(env)
+                continue
+            if build is not None:
+                print(f"\n=== {env}: environment built in {(build.finished - build.started) / 60:.1f} min", flush=True)
+            still = builds.describe()
+            if still:
+                print(f"=== still building in the background: {still}", flush=True)
+            running[pool.submit(run_suite, env, paths)] = env
+    order = [env for env, _ in suites]
+    return sorted(failed, key=order.index)
+
+
+#: one suite's output at a time on the console when suites run side by side
+_PRINT_LOCK = threading.Lock()
 
 
 def pytest_runner(args: argparse.Namespace) -> Callable[[str, list[str]], int]:
@@ -185,9 +201,25 @@ def pytest_runner(args: argparse.Namespace) -> Callable[[str, list[str]], int]:
         if left is not None and left < MIN_SUITE_S:
             print(f"=== {env}: not run, {max(left, 0) / 60:.1f} min of the budget left (--until)", flush=True)
             return 0
-        try:
-            rc = subprocess.run(cmd + args.pytest_args, cwd=REPO, timeout=left).returncode
-        except subprocess.TimeoutExpired:
+        if args.jobs <= 1:  # straight to the console, as it happens
+            try:
+                rc = subprocess.run(cmd + args.pytest_args, cwd=REPO, timeout=left).returncode
+            except subprocess.TimeoutExpired:
+                rc = None
+        else:  # side by side with another suite: into a log, printed whole when the suite ends
+            log = envs.cache_root() / "test-logs" / f"{env}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "wb") as out:
+                try:
+                    rc = subprocess.run(cmd + args.pytest_args, cwd=REPO, timeout=left, stdout=out,
+                                        stderr=subprocess.STDOUT).returncode
+                except subprocess.TimeoutExpired:
+                    rc = None
+            with _PRINT_LOCK:
+                print(f"\n=== {env}: output (also in {log})", flush=True)
+                sys.stdout.write(log.read_text(errors="replace"))
+                sys.stdout.flush()
+        if rc is None:
             print(f"=== {env}: stopped at the budget's end (--until): its remaining tests did not run", flush=True)
             return 0
         return 0 if rc == 5 and args.slow_only else rc  # a suite without slow tests is fine in the slow tier
@@ -202,6 +234,9 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="print each suite (environment: paths) and exit")
     parser.add_argument("--until", type=float, help="epoch seconds: suites not finished by then are stopped and "
                         "reported as not run, without failing (CI's optional slow tier)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="suites run side by side (default: 2 on a machine with 2 or more cores; 1: one "
+                             "after another, output as it happens)")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest")
     args = parser.parse_args()
     start = time.monotonic()
@@ -219,7 +254,7 @@ def main() -> int:
               + "; ".join(" then ".join(chain) for chain in builds.chains)
               + f"\n  logs: {envs.cache_root() / 'build-logs'}", flush=True)
     builds.start()
-    failed = run_suites(suites, builds, pytest_runner(args))
+    failed = run_suites(suites, builds, pytest_runner(args), jobs=args.jobs)
     elapsed = f"{(time.monotonic() - start) / 60:.1f} min"
     if failed:
         print(f"\nFAILED suites: {', '.join(failed)} ({elapsed})", file=sys.stderr)

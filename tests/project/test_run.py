@@ -92,7 +92,7 @@ def test_until_stops_the_optional_slow_tier_without_failing_it(tmp_path, monkeyp
     slow = tmp_path / "test_slow.py"
     slow.write_text("import time\nimport pytest\n\n@pytest.mark.slow\ndef test_sleeps():\n    time.sleep(60)\n")
     args = argparse.Namespace(slow_only=True, slow=False, pytest_args=[str(slow), "--rootdir", str(tmp_path)],
-                              until=time.time() + 3)
+                              until=time.time() + 3, jobs=1)
     monkeypatch.setattr(run, "MIN_SUITE_S", 1)
     started = time.monotonic()
     assert run.pytest_runner(args)("base", []) == 0  # stopped after ~3 s, not after 60
@@ -104,3 +104,36 @@ def test_until_stops_the_optional_slow_tier_without_failing_it(tmp_path, monkeyp
     done = subprocess.run([sys.executable, "tests/run.py", "--slow-only", "--only", "base", "--until",
                            str(time.time())], cwd=run.REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "not run" in done.stdout
+
+
+def test_two_jobs_run_ready_suites_side_by_side_and_report_failures_in_suite_order(tmp_path):
+    builds = run.BackgroundBuilds([], tmp_path / "logs")
+    builds.start()
+    spans: dict[str, tuple[float, float]] = {}
+
+    def suite(env, paths):
+        start = time.monotonic()
+        time.sleep(0.6)
+        spans[env] = (start, time.monotonic())
+        return 1 if env in ("plain", "mm_b") else 0
+
+    started = time.monotonic()
+    assert run.run_suites(SUITES, builds, suite, jobs=2) == ["plain", "mm_b"]
+    assert set(spans) == {"base", "plain", "mm_a", "mm_b"}
+    (b0, b1), (p0, p1) = spans["base"], spans["plain"]
+    assert p0 < b1 and b0 < p1  # base and plain overlapped
+    assert time.monotonic() - started < 4 * 0.6  # not one after another
+
+
+def test_a_suite_run_beside_another_prints_its_whole_output_at_its_end(tmp_path, capsys):
+    """Side by side, two pytest outputs would interleave line by line: each goes to a log, printed whole."""
+    import argparse
+
+    passing = tmp_path / "test_one.py"
+    passing.write_text("def test_prints():\n    print('hello from the suite')\n")
+    args = argparse.Namespace(slow_only=False, slow=False, until=None, jobs=2,
+                              pytest_args=[str(passing), "--rootdir", str(tmp_path), "-s"])
+    assert run.pytest_runner(args)("base", []) == 0
+    out = capsys.readouterr().out
+    header = out.index("=== base: output (also in ")
+    assert out.index("hello from the suite") > header and "1 passed" in out[header:]
