@@ -122,6 +122,23 @@ def filled_canvas(height: int, width: int, fill: tuple[int, int, int]) -> np.nda
     return canvas
 
 
+def mean_filled_canvas(spec: InputSpec) -> np.ndarray:
+    """The read-only uint8 canvas of ``spec`` filled with the BGR pixel nearest the mean
+    (:func:`common.aipp.fill_pixel_bgr`: zero after AIPP's normalisation, up to rounding)."""
+    from common.aipp import fill_pixel_bgr
+
+    _, canvas_h, canvas_w = spec.shape
+    return filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(spec)))
+
+
+def pixels_top_left(resized_bgr: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """``INPUT=uint8`` canvas of a model that pads bottom and right: the resized BGR pixels top-left on
+    :func:`mean_filled_canvas` (Mask R-CNN, RetinaMask)."""
+    canvas = mean_filled_canvas(spec).copy()
+    canvas[:resized_bgr.shape[0], :resized_bgr.shape[1]] = resized_bgr
+    return canvas
+
+
 def letterbox_pixels(image_bgr: np.ndarray, spec: InputSpec):
     """BGR uint8 image -> (HWC uint8 BGR canvas, scale, padding): :func:`letterbox_tensor` before
     normalisation, for ``INPUT=uint8`` (the NPU's AIPP normalises; common.aipp). The canvas is
@@ -132,12 +149,9 @@ def letterbox_pixels(image_bgr: np.ndarray, spec: InputSpec):
     """
     import cv2
 
-    from common.aipp import fill_pixel_bgr
-
     img, placed = _placement(image_bgr, spec)
     new_h, new_w, top, left = placed
-    _, canvas_h, canvas_w = spec.shape
-    filled = filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(spec)))
+    filled = mean_filled_canvas(spec)
     canvas = np.empty_like(filled)
     bottom, right = top + new_h, left + new_w
     for strip in (np.s_[:top], np.s_[bottom:], np.s_[top:bottom, :left], np.s_[top:bottom, right:]):

@@ -265,14 +265,10 @@ def pixels(image_bgr: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tupl
     """:func:`preprocess` before normalisation, for ``--input uint8`` (AIPP normalises on the NPU):
     HWC uint8 BGR, the same resized pixels top-left, the padding filled with the mean rounded to
     whole pixels (104, 116, 124), which normalises to (0.47, -0.28, 0.325) instead of 0."""
-    from common.aipp import fill_pixel_bgr
-    from common.letterbox import filled_canvas
+    from common.letterbox import pixels_top_left
 
     resized, scale, pad = _resized(image_bgr)
-    _, canvas_h, canvas_w = SPEC.input.shape
-    canvas = filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(SPEC.input))).copy()
-    canvas[:resized.shape[0], :resized.shape[1]] = resized
-    return canvas, scale, pad
+    return pixels_top_left(resized, SPEC.input), scale, pad
 
 
 def _scale_xy(entry: ManifestEntry) -> tuple[float, float]:

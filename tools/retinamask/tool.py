@@ -374,14 +374,10 @@ def pixels(image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int, in
     """:func:`preprocess` before normalisation, for ``--input uint8`` (AIPP normalises on the NPU):
     HWC uint8 BGR, the same resized pixels top-left, the padding filled with the mean rounded to
     whole pixels (103, 116, 123), which normalises to (0.0199, 0.0535, 0.2283) instead of 0."""
-    from common.aipp import fill_pixel_bgr
-    from common.letterbox import filled_canvas
+    from common.letterbox import pixels_top_left
 
     resized, ratio, pad = _resized(image_bgr)
-    _, canvas_h, canvas_w = SPEC.input.shape
-    canvas = filled_canvas(canvas_h, canvas_w, tuple(int(v) for v in fill_pixel_bgr(SPEC.input))).copy()
-    canvas[:resized.shape[0], :resized.shape[1]] = resized
-    return canvas, ratio, pad
+    return pixels_top_left(resized, SPEC.input), ratio, pad
 
 
 # --------------------------------------------------------------------------- postprocessing
