@@ -139,6 +139,16 @@ class BackgroundBuilds:
         return "; ".join(parts)
 
 
+#: one suite's output at a time on the console when suites run side by side
+_PRINT_LOCK = threading.RLock()
+
+
+def _say(*args, **kwargs) -> None:
+    """``print`` under the console lock: lines from the scheduler and the suites' threads never run together."""
+    with _PRINT_LOCK:
+        print(*args, **kwargs)
+
+
 def run_suites(suites: list[tuple[str, list[str]]], builds: BackgroundBuilds,
                run_suite: Callable[[str, list[str]], int], jobs: int = 1) -> list[str]:
     """Run each suite as soon as its environment is ready, in list order among the ready ones, ``jobs`` at a
@@ -166,22 +176,18 @@ def run_suites(suites: list[tuple[str, list[str]]], builds: BackgroundBuilds,
             env, paths = suite
             build = builds.builds.get(env)
             if build is not None and build.returncode != 0:
-                print(f"\nerror: building the {env} environment failed (exit {build.returncode}; full log: "
+                _say(f"\nerror: building the {env} environment failed (exit {build.returncode}; full log: "
                       f"{build.log}); its suite did not run\n{build.tail()}", file=sys.stderr, flush=True)
                 failed.append(env)
                 continue
             if build is not None:
-                print(f"\n=== {env}: environment built in {(build.finished - build.started) / 60:.1f} min", flush=True)
+                _say(f"\n=== {env}: environment built in {(build.finished - build.started) / 60:.1f} min", flush=True)
             still = builds.describe()
             if still:
-                print(f"=== still building in the background: {still}", flush=True)
+                _say(f"=== still building in the background: {still}", flush=True)
             running[pool.submit(run_suite, env, paths)] = env
     order = [env for env, _ in suites]
     return sorted(failed, key=order.index)
-
-
-#: one suite's output at a time on the console when suites run side by side
-_PRINT_LOCK = threading.Lock()
 
 
 def pytest_runner(args: argparse.Namespace) -> Callable[[str, list[str]], int]:
@@ -189,9 +195,9 @@ def pytest_runner(args: argparse.Namespace) -> Callable[[str, list[str]], int]:
         try:
             python = envs.ensure(env) / "bin" / "python"
         except envs.EnvError as err:
-            print(f"error: {err}", file=sys.stderr)
+            _say(f"error: {err}", file=sys.stderr)
             return 1
-        print(f"=== {env}: pytest {' '.join(paths)}", flush=True)
+        _say(f"=== {env}: pytest {' '.join(paths)}", flush=True)
         cmd = [str(python), "-m", "pytest", *paths, "-q", "-rfEs", "-p", "no:cacheprovider"]
         if args.slow_only:
             cmd += ["-m", "slow"]
@@ -199,7 +205,7 @@ def pytest_runner(args: argparse.Namespace) -> Callable[[str, list[str]], int]:
             cmd += ["-m", "not slow"]
         left = None if args.until is None else args.until - time.time()
         if left is not None and left < MIN_SUITE_S:
-            print(f"=== {env}: not run, {max(left, 0) / 60:.1f} min of the budget left (--until)", flush=True)
+            _say(f"=== {env}: not run, {max(left, 0) / 60:.1f} min of the budget left (--until)", flush=True)
             return 0
         if args.jobs <= 1:  # straight to the console, as it happens
             try:
@@ -220,7 +226,7 @@ def pytest_runner(args: argparse.Namespace) -> Callable[[str, list[str]], int]:
                 sys.stdout.write(log.read_text(errors="replace"))
                 sys.stdout.flush()
         if rc is None:
-            print(f"=== {env}: stopped at the budget's end (--until): its remaining tests did not run", flush=True)
+            _say(f"=== {env}: stopped at the budget's end (--until): its remaining tests did not run", flush=True)
             return 0
         return 0 if rc == 5 and args.slow_only else rc  # a suite without slow tests is fine in the slow tier
     return run_suite
