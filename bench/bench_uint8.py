@@ -8,6 +8,12 @@ all measured in this process on the same generated COCO-like images.
 - floors: JPEG decode rate with the same threads, and the page-cache write rate (MB/s) of as many
   fresh files of one image's bytes, so ``floor = min(decode, write_rate / bytes_per_image)``.
 
+The images are photo-like (common.demococo.photo_texture: about COCO's 0.5 bytes per pixel): flat
+synthetic shapes decode twice as fast per pixel as a photo, which would make the decode floor a floor of
+no real dataset. Their decode cost per megapixel is printed beside that of a real photo
+(matplotlib's sample grace_hopper.jpg). Every timed run writes into a fresh folder, as the floor's
+writes do (deleting a previous run's files is not part of the step).
+
 Prints images/s, MB/s, the ratios to the baseline and the fraction of the floor (higher is better).
 
     $(python3 -m common.envs ensure fcos) bench/bench_uint8.py --tool fcos [--images 60]
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -93,13 +100,42 @@ def write_rate(folder: Path, nbytes: int, count: int) -> float:
     return rate
 
 
-def best_of(repeat: int, fn) -> float:
+def best_of(repeat: int, fn, scratch: Path) -> float:
+    """The shortest of ``repeat`` runs of ``fn(folder)``, each into a fresh folder removed untimed."""
     times = []
-    for _ in range(repeat):
+    for i in range(repeat):
+        folder = scratch / f"run{i}"
         start = time.perf_counter()
-        fn()
+        fn(folder)
         times.append(time.perf_counter() - start)
+        shutil.rmtree(folder)
     return min(times)
+
+
+def decode_ms_per_megapixel(paths: list[Path], repeat: int) -> float:
+    """Single-thread decode time per megapixel (best of ``repeat``), from bytes already in memory."""
+    import cv2
+
+    raws = [np.frombuffer(p.read_bytes(), np.uint8) for p in paths]
+    megapixels = sum(np.prod(cv2.imdecode(r, cv2.IMREAD_COLOR).shape[:2]) for r in raws) / 1e6
+    best = min(_timed(lambda: [cv2.imdecode(r, cv2.IMREAD_COLOR) for r in raws]) for _ in range(repeat))
+    return best * 1e3 / megapixels
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def real_photo() -> Path | None:
+    """grace_hopper.jpg from matplotlib's sample data (pinned in every tool env), or None."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    return path if path.is_file() else None
 
 
 def main() -> int:
@@ -118,17 +154,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         # COCO-like sizes: about 640x480, so decoding and resizing cost what they cost on val2017
-        coco = make_mini_coco(root / "coco", n_images=n, seed=0, size_range=(400, 640))
+        coco = make_mini_coco(root / "coco", n_images=n, seed=0, size_range=(400, 640), photo_like=True)
         images = sorted((coco / "val2017").glob("*.jpg"))
         preprocess_dataset(tool, coco, root / "warm", workers=1, force=True)  # imports, page cache
         runs = {
-            "recipe-style (baseline)": (lambda: recipe_style(images, root / "r", spec), float_bytes),
-            "ours, float": (lambda: preprocess_dataset(tool, coco, root / "f", workers=args.workers, force=True),
-                            float_bytes),
-            "ours, uint8": (lambda: preprocess_dataset(tool, coco, root / "u", workers=args.workers, force=True,
-                                                       input_format="uint8"), u8_bytes),
+            "recipe-style (baseline)": (lambda out: recipe_style(images, out, spec), float_bytes),
+            "ours, float": (lambda out: preprocess_dataset(tool, coco, out, workers=args.workers), float_bytes),
+            "ours, uint8": (lambda out: preprocess_dataset(tool, coco, out, workers=args.workers,
+                                                           input_format="uint8"), u8_bytes),
         }
-        seconds = {name: best_of(args.repeat, fn) for name, (fn, _) in runs.items()}
+        seconds = {name: best_of(args.repeat, fn, root) for name, (fn, _) in runs.items()}
+        photo = real_photo()
+        per_mp = {"these images": decode_ms_per_megapixel(images, args.repeat)}
+        kb_per_image = sum(p.stat().st_size for p in images) / len(images) / 1e3
+        if photo is not None:
+            per_mp[f"a real photo ({photo.name})"] = decode_ms_per_megapixel([photo] * 10, args.repeat)
         decode = max(decode_rate(images, args.workers) for _ in range(args.repeat))
         disk = {nbytes: max(write_rate(root / "disk", nbytes, n) for _ in range(args.repeat))
                 for nbytes in sorted({float_bytes, u8_bytes})}
@@ -136,6 +176,8 @@ def main() -> int:
     print(f"{args.tool}: {n} images ~640x480 -> {c}x{h}x{w}, {args.workers} workers, {os.cpu_count()} cores; "
           f"floors: decode {decode:.0f} img/s, page-cache writes "
           + ", ".join(f"{rate:.0f} MB/s in {nbytes / 1e6:.1f} MB files" for nbytes, rate in disk.items()))
+    print("  decode per megapixel, one thread: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in per_mp.items())
+          + f" ({kb_per_image:.0f} KB per image here)")
     for name, (_, nbytes) in runs.items():
         rate = n / seconds[name]
         floor = min(decode, disk[nbytes] * 1e6 / nbytes)

@@ -22,6 +22,7 @@ from types import ModuleType
 
 import numpy as np
 
+from common.allocator import reuse_freed_buffers
 from common.contract import load_tool  # noqa: F401  (re-exported: the steps' entry point)
 from common.dataset import open_dataset, read_image_bgr
 from common.errors import ToolError
@@ -61,6 +62,7 @@ def preprocess_dataset(tool: ModuleType, data_root: str | os.PathLike, out_dir: 
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ToolError(f"workers={workers!r} is invalid: use 1 (serial) or more")
+    reuse_freed_buffers()
     spec: ModelSpec = tool.SPEC
     layout = TensorLayout.checked(spec, input_format)
     out = Path(out_dir).resolve()

@@ -25,6 +25,7 @@ from types import ModuleType
 
 import numpy as np
 
+from common.allocator import reuse_freed_buffers
 from common.backends.base import split_per_image
 from common.errors import ToolError
 from common.manifest import ManifestEntry
@@ -60,6 +61,7 @@ def stream_evaluate(tool: ModuleType, data_root: str | os.PathLike, model_path: 
     """
     from common.backends import make_backend
 
+    reuse_freed_buffers()
     spec = tool.SPEC
     spec.check_batch(batch)
     layout = TensorLayout.checked(spec, input_format)
