@@ -38,7 +38,7 @@ def main() -> int:
     tool = load_tool(args.tool)
     with tempfile.TemporaryDirectory() as tmp:
         # COCO-like sizes: about 640x480, so resizing costs what it costs on val2017
-        coco = make_mini_coco(Path(tmp) / "coco", n_images=args.images, seed=0, size_range=(400, 640))
+        coco = make_mini_coco(Path(tmp) / "coco", n_images=args.images, seed=0, size_range=(400, 640), photo_like=True)
         _timed(tool, coco, Path(tmp) / "warm", 1)  # imports, page cache
         serial = min(_timed(tool, coco, Path(tmp) / "s", 1) for _ in range(args.repeat))
         parallel = min(_timed(tool, coco, Path(tmp) / "p", args.workers) for _ in range(args.repeat))

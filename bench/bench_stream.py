@@ -96,7 +96,7 @@ def main() -> int:
             data = make_mini_voc(root / "voc", n_images=args.images, seed=0)
             images = sorted((data / "JPEGImages").glob("*.jpg"))
         else:
-            data = make_mini_coco(root / "coco", n_images=args.images, seed=0, size_range=(400, 640))
+            data = make_mini_coco(root / "coco", n_images=args.images, seed=0, size_range=(400, 640), photo_like=True)
             images = sorted((data / "val2017").glob("*.jpg"))
         tensors = [tool.preprocess(read_image_bgr(p))[0][None] for p in images]
         data_s = data_path_seconds(tool, images)

@@ -236,7 +236,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slow", action="store_true", help="include tests marked slow")
     parser.add_argument("--slow-only", action="store_true", help="run only the tests marked slow")
-    parser.add_argument("--only", action="append", help="run only these suites, e.g. base")
+    parser.add_argument("--only", action="append", help="run only these suites: repeat it or separate names with "
+                        "commas, e.g. --only base,fcos")
     parser.add_argument("--list", action="store_true", help="print each suite (environment: paths) and exit")
     parser.add_argument("--until", type=float, help="epoch seconds: suites not finished by then are stopped and "
                         "reported as not run, without failing (CI's optional slow tier)")
@@ -246,8 +247,14 @@ def main() -> int:
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest")
     args = parser.parse_args()
     start = time.monotonic()
+    only = [name for value in args.only or [] for name in value.split(",") if name]
+    unknown = [name for name in only if name not in dict(SUITES)]
+    if unknown:
+        print(f"error: no test suite named {', '.join(unknown)}: choose from {', '.join(env for env, _ in SUITES)}",
+              file=sys.stderr)
+        return 2
     suites = [(env, [p for p in paths if (REPO / p).exists()]) for env, paths in SUITES
-              if not args.only or env in args.only]
+              if not only or env in only]
     if args.list:
         for env, paths in suites:
             print(f"{env}: {' '.join(paths) or '(no tests yet)'}")

@@ -6,6 +6,8 @@ that log when they start and end; the suites are recorded as they run.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -86,8 +88,6 @@ def test_until_stops_the_optional_slow_tier_without_failing_it(tmp_path, monkeyp
     """CI's slow tier runs "if time allows": a suite that would start past --until is reported as not run,
     one that runs past it is stopped, and neither turns the run red (a real test failure still does)."""
     import argparse
-    import subprocess
-    import sys
 
     slow = tmp_path / "test_slow.py"
     slow.write_text("import time\nimport pytest\n\n@pytest.mark.slow\ndef test_sleeps():\n    time.sleep(60)\n")
@@ -137,3 +137,15 @@ def test_a_suite_run_beside_another_prints_its_whole_output_at_its_end(tmp_path,
     out = capsys.readouterr().out
     header = out.index("=== base: output (also in ")
     assert out.index("hello from the suite") > header and "1 passed" in out[header:]
+
+
+def test_an_unknown_suite_is_an_error_not_an_empty_pass():
+    """``--only fcos,nosuch`` must not report "all suites passed" having run nothing."""
+    done = subprocess.run([sys.executable, "tests/run.py", "--only", "fcos,nosuch", "--list"], cwd=run.REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "no test suite named nosuch" in done.stderr and "choose from base" in done.stderr
+    listed = subprocess.run([sys.executable, "tests/run.py", "--only", "base,fcos", "--only", "pspnet", "--list"],
+                            cwd=run.REPO, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0
+    assert [line.split(":")[0] for line in listed.stdout.splitlines()] == ["base", "fcos", "pspnet"]
