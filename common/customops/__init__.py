@@ -28,6 +28,7 @@ from common.customops.reference import (
     ROI_OP,
     batch_multiclass_nms,
     iou_one_to_many,
+    iou_one_to_many_unguarded,
     nms_single_class,
     roi_align_one,
     roi_extractor,
@@ -38,8 +39,8 @@ from common.customops.torch_export import ascend_batch_nms, ascend_roi_extractor
 __all__ = [
     "ASCEND_OPS", "CPU_DOMAIN", "NMS_ATTRS", "NMS_OP", "ROI_DEFAULTS", "ROI_LEVELS", "ROI_OP",
     "ascend_batch_nms", "ascend_roi_extractor", "batch_multiclass_nms", "cpu_session", "export_kwargs",
-    "iou_one_to_many", "nms_single_class", "register_ascend_ops", "roi_align_one", "roi_extractor",
-    "roi_levels", "to_cpu_graph",
+    "iou_one_to_many", "iou_one_to_many_unguarded", "nms_single_class", "register_ascend_ops", "roi_align_one",
+    "roi_extractor", "roi_levels", "to_cpu_graph",
 ]
 
 

@@ -35,14 +35,20 @@ ROI_LEVELS = 4
 
 def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one box with many, torchvision's formula (area without +1; 0/0 counts as no overlap)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return iou_one_to_many_unguarded(box, boxes)
+
+
+def iou_one_to_many_unguarded(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """:func:`iou_one_to_many` for a caller that holds ``np.errstate(divide="ignore", invalid="ignore")``
+    around its whole loop: entering errstate costs about 13 us, more than the IoU of a few boxes."""
     # np.maximum(x, 0), not np.clip: the same values, without clip's per-call overhead (NMS calls this often)
     iw = np.maximum(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0)
     ih = np.maximum(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0)
     inter = iw * ih
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return inter / (area + areas - inter)
+    return inter / (area + areas - inter)
 
 
 def nms_single_class(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float,
@@ -57,14 +63,15 @@ def nms_single_class(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: fl
     boxes = boxes[order]
     alive = np.ones(len(order), dtype=bool)
     keep: list[int] = []
-    for i in range(len(order)):
-        if not alive[i]:
-            continue
-        keep.append(i)
-        if len(keep) >= limit:
-            break
-        rest = slice(i + 1, None)
-        alive[rest] &= ~(iou_one_to_many(boxes[i], boxes[rest]) > iou_threshold)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i in range(len(order)):
+            if not alive[i]:
+                continue
+            keep.append(i)
+            if len(keep) >= limit:
+                break
+            rest = slice(i + 1, None)
+            alive[rest] &= ~(iou_one_to_many_unguarded(boxes[i], boxes[rest]) > iou_threshold)
     return order[np.asarray(keep, dtype=np.int64)]
 
 

@@ -106,16 +106,19 @@ def test_bad_outputs_are_refused():
 
 def test_top_k_threshold_search_keeps_the_true_top_k_when_the_sample_misleads():
     """The strided sample sees only the large values on its own positions: the first threshold keeps
-    too few, and the search must lower it until every one of the true top k (and its ties) is in."""
+    too few, and the search must lower it until every one of the true top k (and its ties) is in.
+    The values come in parts (as the five maps do), positions count through their concatenation."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     values = rng.random(200_000).astype(np.float32)
     values[::tool.SAMPLE_STRIDE] = 10.0  # 3125 positions the sample sees, all above the rest
+    parts = np.split(values, [64 * 1000, 64 * 2500])  # each part's stride lands on the same positions
     k = 5000
-    found = tool._at_least_top_k(values, k, None)
+    found = tool._at_least_top_k(parts, k, None)
     kth = np.sort(values)[-k]
     assert found.size >= k
     assert set(np.flatnonzero(values >= kth)) <= set(found.tolist())
+    assert np.array_equal(tool._gather(parts, found), values[found])
     floor = float(np.sort(values)[-100])  # a floor above the k-th: only what reaches it, however few
-    assert set(tool._at_least_top_k(values, k, floor).tolist()) == set(np.flatnonzero(values >= floor).tolist())
+    assert set(tool._at_least_top_k(parts, k, floor).tolist()) == set(np.flatnonzero(values >= floor).tolist())
