@@ -93,7 +93,7 @@ def main() -> int:
         onnx_path = root / f"{spec.name}_ascend_bs1.onnx"
         tool.export(tool.random_checkpoint(root / "random.pth"), onnx_path, batch=1, target="ascend")
         if spec.dataset.startswith("voc"):
-            data = make_mini_voc(root / "voc", n_images=args.images, seed=0)
+            data = make_mini_voc(root / "voc", n_images=args.images, seed=0, photo_like=True)
             images = sorted((data / "JPEGImages").glob("*.jpg"))
         else:
             data = make_mini_coco(root / "coco", n_images=args.images, seed=0, size_range=(400, 640), photo_like=True)

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.contract import load_tool  # noqa: E402
 from common.demococo import make_mini_coco  # noqa: E402
+from common.demovoc import make_mini_voc  # noqa: E402
 from common.pipeline import preprocess_dataset  # noqa: E402
 
 
@@ -156,14 +157,19 @@ def main() -> int:
     u8_bytes = c * h * w
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        # COCO-like sizes: about 640x480, so decoding and resizing cost what they cost on val2017
-        coco = make_mini_coco(root / "coco", n_images=n, seed=0, size_range=(400, 640), photo_like=True)
-        images = sorted((coco / "val2017").glob("*.jpg"))
-        preprocess_dataset(tool, coco, root / "warm", workers=1, force=True)  # imports, page cache
+        # the dataset's sizes (COCO about 640x480, VOC 500x375), so decoding and resizing cost what they cost there
+        sizes = (375, 500) if spec.dataset.startswith("voc") else (400, 640)  # sides of VOC's / COCO's photos
+        if spec.dataset.startswith("voc"):  # PSPNet: VOC's layout
+            data = make_mini_voc(root / "voc", n_images=n, seed=0, size_range=sizes, photo_like=True)
+            images = sorted((data / "JPEGImages").glob("*.jpg"))
+        else:
+            data = make_mini_coco(root / "coco", n_images=n, seed=0, size_range=sizes, photo_like=True)
+            images = sorted((data / "val2017").glob("*.jpg"))
+        preprocess_dataset(tool, data, root / "warm", workers=1, force=True)  # imports, page cache
         runs = {
             "recipe-style (baseline)": (lambda out: recipe_style(images, out, spec), float_bytes),
-            "ours, float": (lambda out: preprocess_dataset(tool, coco, out, workers=args.workers), float_bytes),
-            "ours, uint8": (lambda out: preprocess_dataset(tool, coco, out, workers=args.workers,
+            "ours, float": (lambda out: preprocess_dataset(tool, data, out, workers=args.workers), float_bytes),
+            "ours, uint8": (lambda out: preprocess_dataset(tool, data, out, workers=args.workers,
                                                            input_format="uint8"), u8_bytes),
         }
         sizes = sorted({float_bytes, u8_bytes})
@@ -184,7 +190,8 @@ def main() -> int:
             per_mp[f"a real photo ({photo.name})"] = decode_ms_per_megapixel([photo] * 10, args.repeat)
     base = n / seconds["recipe-style (baseline)"]
     fastest = max(decode.values())
-    print(f"{args.tool}: {n} images ~640x480 -> {c}x{h}x{w}, {args.workers} workers, {os.cpu_count()} cores, "
+    print(f"{args.tool}: {n} images with sides of {sizes[0]}-{sizes[1]} px -> {c}x{h}x{w}, {args.workers} workers, "
+          f"{os.cpu_count()} cores, "
           f"best of {args.repeat} interleaved; floors: decode "
           + ", ".join(f"{rate:.0f} img/s ({decoder})" for decoder, rate in decode.items())
           + ", page-cache writes " + ", ".join(f"{rate:.0f} MB/s in {nbytes / 1e6:.1f} MB files"

@@ -33,13 +33,17 @@ def voc_palette() -> list[int]:
 
 def make_mini_voc(root: str | os.PathLike, *, n_images: int = 4, seed: int = 0,
                   size_range: tuple[int, int] = (160, 320), max_objects: int = 3, num_classes: int = 21,
-                  band: int = 2, sizes: list[tuple[int, int]] | None = None) -> Path:
+                  band: int = 2, sizes: list[tuple[int, int]] | None = None, photo_like: bool = False) -> Path:
     """Write ``root/JPEGImages``, ``root/SegmentationClass`` and ``root/ImageSets/Segmentation/val.txt``.
 
     ``sizes`` ((height, width) per image, cycled) replaces random sizes from ``size_range``.
+    ``photo_like``: JPEGs that compress and decode like photos, for speed measurements
+    (:func:`common.demococo.photo_texture`, quality 90).
     """
     import cv2
     from PIL import Image
+
+    from common.demococo import photo_texture
 
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -59,7 +63,9 @@ def make_mini_voc(root: str | os.PathLike, *, n_images: int = 4, seed: int = 0,
             img[y:y + bh, x:x + bw] = rng.integers(0, 256, size=3)
             label[max(y - band, 0):y + bh + band, max(x - band, 0):x + bw + band] = IGNORE
             label[y + band:y + bh - band, x + band:x + bw - band] = int(rng.integers(1, num_classes))
-        cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        if photo_like:
+            img = np.clip(img.astype(np.int16) // 2 + photo_texture(h, w, rng), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 90 if photo_like else 95])
         png = Image.fromarray(label, mode="P")
         png.putpalette(voc_palette())
         png.save(root / "SegmentationClass" / f"{name}.png")
