@@ -111,10 +111,11 @@ def run_main(step: Callable[[], object], path: str | os.PathLike | None = None) 
 
 
 def temp_path(final: str | os.PathLike) -> Path:
-    """The temporary name :func:`atomic_path` writes ``final`` under: hidden, beside it, unique per process
-    and thread, ending in ``.part`` (what the steps' resume clean-up removes)."""
+    """The temporary name :func:`atomic_path` writes ``final`` under: hidden, beside it, ending in ``.part``
+    (what the steps' resume clean-up removes), unique to the calling thread (the kernel's thread id: no
+    two live threads share one, in any process)."""
     final = Path(final)
-    return final.with_name(f".{final.name}.{os.getpid()}-{threading.get_ident()}.part")
+    return final.with_name(f".{final.name}.{threading.get_native_id()}.part")
 
 
 @contextlib.contextmanager
@@ -125,7 +126,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     filesystem, permissions) becomes a one-line ToolError naming the path. The name is made, not
     reserved (no mkstemp): the data step writes one file per image, and mkstemp plus the chmod its 0600
     mode needs cost 0.3-0.7 ms of an image's 10; the caller's plain create gets the user's umask. A
-    temporary left by a killed run of the same process and thread id is overwritten.
+    temporary left by a killed run whose thread id comes back is overwritten.
     """
     final = Path(path)
     tmp_path = temp_path(final)
