@@ -8,6 +8,7 @@ sets: NMS may legitimately emit equal-score boxes in a different order.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -367,16 +368,9 @@ def _plain_session(model: Any):
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(model_path_or_proto: Any, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Run a model once on CPU and return ``{output name: array}`` in graph-output order.
-
-    Uses ``common.customops.cpu_session`` when available so graphs with Ascend custom ops
-    (BatchMultiClassNMS, RoiExtractor) run too; otherwise a plain ONNX Runtime session.
-    """
-    model = model_path_or_proto
-    label = str(model) if isinstance(model, (str, os.PathLike)) else "in-memory ONNX model"
-    if isinstance(model, (str, os.PathLike)) and not Path(model).is_file():
-        raise ToolError(f"ONNX model {model} not found: export it first")
+def _load_session(model: Any, label: str):
+    """A CPU session for a path or an in-memory model: ``common.customops.cpu_session`` when available, so
+    graphs with Ascend custom ops (BatchMultiClassNMS, RoiExtractor) run too; else a plain one."""
     try:
         from common.customops import cpu_session
     except ImportError:
@@ -395,6 +389,33 @@ def run_onnx(model_path_or_proto: Any, feeds: Mapping[str, Any]) -> dict[str, np
         raise
     except Exception as err:
         raise ToolError(f"ONNX Runtime cannot load {label}: {' '.join(str(err).split())[:300]}") from None
+    return session
+
+
+@functools.lru_cache(maxsize=2)
+def _session_of_file(path: str, inode: int, mtime_ns: int, size: int):
+    """The session of a model file, kept for the next run of the same file (same inode, modification time
+    and size: a re-export, in place or renamed over it, is a new file). Loading Mask R-CNN's graph costs
+    more than running it once, and parity checks run a model several times. Errors are not cached."""
+    return _load_session(Path(path), path)
+
+
+def run_onnx(model_path_or_proto: Any, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Run a model once on CPU and return ``{output name: array}`` in graph-output order.
+
+    Uses ``common.customops.cpu_session`` when available so graphs with Ascend custom ops
+    (BatchMultiClassNMS, RoiExtractor) run too; otherwise a plain ONNX Runtime session.
+    """
+    model = model_path_or_proto
+    label = str(model) if isinstance(model, (str, os.PathLike)) else "in-memory ONNX model"
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise ToolError(f"ONNX model {model} not found: export it first")
+        stat = path.stat()
+        session = _session_of_file(str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    else:
+        session = _load_session(model, label)
     expected = [i.name for i in session.get_inputs()]
     missing = [n for n in expected if n not in feeds]
     extra = [n for n in feeds if n not in expected]

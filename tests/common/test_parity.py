@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 
@@ -225,6 +226,28 @@ def test_run_onnx_errors(exported, tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(ToolError, match="junk.onnx"):
         parity.run_onnx(junk, {"image": x})
+
+
+@pytest.fixture(autouse=True)
+def fresh_sessions():
+    """run_onnx keeps a file's session: each test here loads its own (some replace how it is made)."""
+    parity._session_of_file.cache_clear()
+    yield
+    parity._session_of_file.cache_clear()
+
+
+def test_run_onnx_keeps_a_files_session_until_the_file_changes(exported, monkeypatch):
+    path, x, _ = exported
+    loads = []
+    real = parity._load_session
+    monkeypatch.setattr(parity, "_load_session", lambda model, label: loads.append(model) or real(model, label))
+    first = parity.run_onnx(path, {"image": x})["feat"]
+    assert np.array_equal(parity.run_onnx(path, {"image": x})["feat"], first) and len(loads) == 1
+    rewritten = path.with_name("copy.onnx")
+    rewritten.write_bytes(path.read_bytes())
+    os.replace(rewritten, path)  # a re-export in place: a new file, a new session
+    parity.run_onnx(path, {"image": x})
+    assert len(loads) == 2
 
 
 def test_run_onnx_prefers_customops_session(exported, monkeypatch):
