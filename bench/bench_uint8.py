@@ -158,12 +158,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         # the dataset's sizes (COCO about 640x480, VOC 500x375), so decoding and resizing cost what they cost there
-        sizes = (375, 500) if spec.dataset.startswith("voc") else (400, 640)  # sides of VOC's / COCO's photos
+        sides = (375, 500) if spec.dataset.startswith("voc") else (400, 640)  # of VOC's / COCO's photos
         if spec.dataset.startswith("voc"):  # PSPNet: VOC's layout
-            data = make_mini_voc(root / "voc", n_images=n, seed=0, size_range=sizes, photo_like=True)
+            data = make_mini_voc(root / "voc", n_images=n, seed=0, size_range=sides, photo_like=True)
             images = sorted((data / "JPEGImages").glob("*.jpg"))
         else:
-            data = make_mini_coco(root / "coco", n_images=n, seed=0, size_range=sizes, photo_like=True)
+            data = make_mini_coco(root / "coco", n_images=n, seed=0, size_range=sides, photo_like=True)
             images = sorted((data / "val2017").glob("*.jpg"))
         preprocess_dataset(tool, data, root / "warm", workers=1, force=True)  # imports, page cache
         runs = {
@@ -190,7 +190,7 @@ def main() -> int:
             per_mp[f"a real photo ({photo.name})"] = decode_ms_per_megapixel([photo] * 10, args.repeat)
     base = n / seconds["recipe-style (baseline)"]
     fastest = max(decode.values())
-    print(f"{args.tool}: {n} images with sides of {sizes[0]}-{sizes[1]} px -> {c}x{h}x{w}, {args.workers} workers, "
+    print(f"{args.tool}: {n} images with sides of {sides[0]}-{sides[1]} px -> {c}x{h}x{w}, {args.workers} workers, "
           f"{os.cpu_count()} cores, "
           f"best of {args.repeat} interleaved; floors: decode "
           + ", ".join(f"{rate:.0f} img/s ({decoder})" for decoder, rate in decode.items())
