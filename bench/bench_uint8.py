@@ -109,9 +109,7 @@ def write_rate(folder: Path, nbytes: int, count: int, workers: int) -> float:
 
 def timed_into_fresh_folder(fn, folder: Path) -> float:
     """Seconds ``fn(folder)`` took; the folder is removed afterwards, untimed."""
-    start = time.perf_counter()
-    fn(folder)
-    seconds = time.perf_counter() - start
+    seconds = _timed(lambda: fn(folder))
     shutil.rmtree(folder)
     return seconds
 
@@ -158,11 +156,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         # the dataset's sizes (COCO about 640x480, VOC 500x375), so decoding and resizing cost what they cost there
-        sides = (375, 500) if spec.dataset.startswith("voc") else (400, 640)  # of VOC's / COCO's photos
         if spec.dataset.startswith("voc"):  # PSPNet: VOC's layout
+            sides = (375, 500)
             data = make_mini_voc(root / "voc", n_images=n, seed=0, size_range=sides, photo_like=True)
             images = sorted((data / "JPEGImages").glob("*.jpg"))
         else:
+            sides = (400, 640)
             data = make_mini_coco(root / "coco", n_images=n, seed=0, size_range=sides, photo_like=True)
             images = sorted((data / "val2017").glob("*.jpg"))
         preprocess_dataset(tool, data, root / "warm", workers=1, force=True)  # imports, page cache

@@ -43,7 +43,7 @@ def make_mini_voc(root: str | os.PathLike, *, n_images: int = 4, seed: int = 0,
     import cv2
     from PIL import Image
 
-    from common.demococo import photo_texture
+    from common.demococo import PHOTO_JPEG_QUALITY, on_texture, photo_texture
 
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -64,8 +64,9 @@ def make_mini_voc(root: str | os.PathLike, *, n_images: int = 4, seed: int = 0,
             label[max(y - band, 0):y + bh + band, max(x - band, 0):x + bw + band] = IGNORE
             label[y + band:y + bh - band, x + band:x + bw - band] = int(rng.integers(1, num_classes))
         if photo_like:
-            img = np.clip(img.astype(np.int16) // 2 + photo_texture(h, w, rng), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 90 if photo_like else 95])
+            img = on_texture(img, photo_texture(h, w, rng))
+        quality = PHOTO_JPEG_QUALITY if photo_like else 95
+        cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, quality])
         png = Image.fromarray(label, mode="P")
         png.putpalette(voc_palette())
         png.save(root / "SegmentationClass" / f"{name}.png")
